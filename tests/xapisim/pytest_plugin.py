@@ -57,8 +57,18 @@ class SimHandle:
         return f"{self.scheme}://127.0.0.2:{self.port}"
 
     def start(self, timeout=30):
-        cmd = [sys.executable, "-m", "xapisim", "--lab", str(self.lab), "--state", str(self.state_dir),
-               "--port", str(self.port), *self.extra_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "xapisim",
+            "--lab",
+            str(self.lab),
+            "--state",
+            str(self.state_dir),
+            "--port",
+            str(self.port),
+            *self.extra_args,
+        ]
         if self.tls:
             cmd.append("--tls")
         env = dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -127,7 +137,7 @@ class SimHandle:
     def http(self, method, path, **kwargs):
         kwargs.setdefault("verify", self.verify)
         kwargs.setdefault("timeout", 60)
-        return requests.request(method, self.url + path, **kwargs)
+        return requests.request(method, self.url + path, **kwargs)  # noqa: S113 - set just above
 
     def write(self, vdi_uuid, data, offset=0):
         """Write ``data`` into a VDI as its guest would (copy-on-write against snapshots)."""
