@@ -5,6 +5,7 @@ the repository root is exposed through ``tests/.collections/ansible_collections/
 symlink, git-ignored). ``tests`` itself is on ``sys.path`` so the simulator imports as ``xapisim``.
 """
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -17,10 +18,8 @@ def _expose_collection():
     link = COLLECTIONS / "ansible_collections" / "xapi" / "proxy"
     if not link.exists():
         link.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with contextlib.suppress(FileExistsError):  # another xdist worker won the race
             link.symlink_to(ROOT, target_is_directory=True)
-        except FileExistsError:  # another xdist worker won the race
-            pass
     for path in (str(COLLECTIONS), str(ROOT / "tests")):
         if path not in sys.path:
             sys.path.insert(0, path)

@@ -38,3 +38,58 @@ def failure(fn, *args):
     with pytest.raises(XenAPI.Failure) as info:
         fn(*args)
     return info.value.details
+
+
+def download(sim, path, params, dest=None, session=None, **kwargs):
+    """GET a transfer handler with the session in the query, streaming to ``dest`` if given."""
+    params = {"session_id": session or sim.session()._session, **params}
+    r = sim.http("GET", path, params=params, stream=True, **kwargs)
+    if dest is None:
+        return r, r.content
+    with open(dest, "wb") as fh:
+        for chunk in r.iter_content(1 << 20):
+            fh.write(chunk)
+    return r, None
+
+
+def sha256_file(path, size=None):
+    import hashlib  # noqa: PLC0415
+
+    h = hashlib.sha256()
+    left = size
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(4 << 20 if left is None else min(4 << 20, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+    if left:
+        h.update(bytes(left))  # a sparse tail shorter than the disk
+    return h.hexdigest()
+
+
+def xva_img_export(xva_dir, ref_dir, out):
+    """Unpack one disk with Debian's xva-img (1.4.2 reads only legacy SHA-1 ``.checksum`` files).
+
+    The ``.xxhash`` files are verified here with the xxhash library, then rewritten as ``.checksum`` so
+    that xva-img still checks every chunk's placement and content on its own.
+    """
+    import hashlib  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    import xxhash  # noqa: PLC0415
+
+    d = os.path.join(xva_dir, ref_dir)
+    for name in sorted(os.listdir(d)):
+        if name.endswith(".xxhash"):
+            with open(os.path.join(d, name[:-7]), "rb") as fh:
+                data = fh.read()
+            with open(os.path.join(d, name)) as fh:
+                assert fh.read() == format(xxhash.xxh64(data).intdigest(), "016X"), f"bad xxhash for {name}"
+            with open(os.path.join(d, name[:-7] + ".checksum"), "w") as fh:
+                fh.write(hashlib.sha1(data).hexdigest())  # noqa: S324 - the format xva-img reads
+            os.remove(os.path.join(d, name))
+    subprocess.run(["xva-img", "disk-export", d, str(out)], check=True, capture_output=True)

@@ -405,7 +405,7 @@ class Guest:
         if vdi is None:
             return False
         # A disk whose first MiB is all zeros has no boot sector: such a guest never comes up.
-        return any(self.server.storage.read(node_of(self.db, vdi), 0, 1 << 20))
+        return self.server.storage.read(node_of(self.db, vdi), 0, 1 << 20) != bytes(1 << 20)
 
     def address(self, ref):
         rec = self.db.get("VM", ref)

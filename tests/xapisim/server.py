@@ -385,7 +385,7 @@ def serve(sim, addresses, port, tls_context=None):
             continue
         if tls_context is not None:
             srv.socket = tls_context.wrap_socket(srv.socket, server_side=True, do_handshake_on_connect=False)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(srv)
     return servers
 

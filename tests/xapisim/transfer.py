@@ -9,7 +9,7 @@ from .errors import ApiError, bad_power_state
 from .faults import CutStream
 from .model import NULL_REF
 from .ops_vdi import node_of, sync_sr
-from .storage import BLOCK, NoSpace
+from .storage import BLOCK, ZERO_BLOCK, NoSpace
 
 log = logging.getLogger("xapisim.transfer")
 SERVER_HEADER = "xapi/25.6"
@@ -360,7 +360,7 @@ class Transfers:
             if fmt == "raw":
                 offset = 0
                 while True:
-                    data = body.read(BLOCK)
+                    data = body.read_exact(BLOCK)
                     if not data:
                         break
                     if offset + len(data) > size:
@@ -385,13 +385,8 @@ class Transfers:
 
     def _write(self, node, offset, data):
         # Skip zero blocks that would land on unallocated space: the VDI is pre-zeroed and sparse.
-        chain = self.server.storage.chain(node)
-        if (
-            offset % BLOCK == 0
-            and len(data) == BLOCK
-            and not any(data)
-            and not any(n.allocated(offset // BLOCK) for n in chain)
-        ):
+        whole_zero_block = offset % BLOCK == 0 and len(data) == BLOCK and data == ZERO_BLOCK
+        if whole_zero_block and not any(n.allocated(offset // BLOCK) for n in self.server.storage.chain(node)):
             return
         try:
             self.server.storage.write(node, offset, data, track=True)
@@ -654,7 +649,7 @@ class XvaImport:
             ):
                 raise ApiError("IMPORT_ERROR_SOME_CHECKSUMS_FAILED")
             node = node_of(db, vdis[prefix])
-            if data and (any(data) or offsets[prefix] == 0):
+            if data and (data != xva.ZERO_CHUNK[: len(data)] or offsets[prefix] == 0):
                 try:
                     storage.write(node, offsets[prefix], data, track=False)
                 except NoSpace:

@@ -169,5 +169,9 @@ class Reader:
                 if bit and run_start is None:
                     run_start = s
                 elif not bit and run_start is not None:
-                    yield base + run_start * SECTOR, data[run_start * SECTOR : s * SECTOR]
+                    start = base + run_start * SECTOR
+                    # The last block may extend past the disk's end; those bytes are not part of it.
+                    end = min(base + s * SECTOR, size)
+                    if end > start:
+                        yield start, data[run_start * SECTOR : run_start * SECTOR + end - start]
                     run_start = None
