@@ -1,0 +1,348 @@
+"""``file://`` remotes: a local directory, which is also what a mounted NFS or SMB share looks like."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import shutil
+import stat as stat_mod
+import time
+from typing import List, Optional
+
+from ansible_collections.xapi.proxy.plugins.module_utils._remote_url import RemoteUrl
+from ansible_collections.xapi.proxy.plugins.module_utils._storage import (
+    DIR_MODE,
+    LOCK_STALE_SECONDS,
+    AlreadyExistsError,
+    NotFoundError,
+    NotSupportedError,
+    ReadStream,
+    StatResult,
+    Storage,
+    StorageError,
+    StorageLock,
+    WriteStream,
+    error_from_os,
+    normalize_path,
+    temp_name,
+)
+from ansible_collections.xapi.proxy.plugins.module_utils._storage_lock import acquire_dir_lock
+
+WRITE_BUFFER = 1024 * 1024
+# link() is how we publish without replacing; these mean "this filesystem cannot link" (CIFS, some NFS).
+_NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
+
+
+class FileStorage(Storage):
+    """A remote rooted at ``url.path`` on the proxy's filesystem."""
+
+    def __init__(self, url: RemoteUrl, *, create_root: bool = False):
+        super().__init__(url)
+        if url.type != "file":
+            raise NotSupportedError(f"FileStorage cannot open {url.redacted()}: it only handles file:// remotes.")
+        self.root = url.path
+        try:
+            if not os.path.isdir(self.root) and create_root:
+                self._makedirs(self.root)
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"remote directory {self.root} does not exist: create it (or mount the share there) first.", None
+            ) from None
+        except OSError as err:
+            raise error_from_os(err, "open", None, self.display) from err
+        if not stat_mod.S_ISDIR(st.st_mode):
+            raise StorageError(f"remote {self.display} is not a directory: point the URL at a directory.")
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _abs(self, rel: str) -> str:
+        return os.path.join(self.root, rel) if rel else self.root
+
+    def _fail(self, err: OSError, action: str, rel: Optional[str]):
+        return error_from_os(err, action, rel, self.display)
+
+    def _makedirs(self, abs_dir: str) -> None:
+        # os.makedirs applies the mode to the leaf only; XO's dirMode applies to every level it creates
+        missing = []
+        while not os.path.isdir(abs_dir):
+            missing.append(abs_dir)
+            parent = os.path.dirname(abs_dir)
+            if parent == abs_dir:
+                break
+            abs_dir = parent
+        for path in reversed(missing):
+            try:
+                os.mkdir(path, DIR_MODE)
+            except FileExistsError:
+                if not os.path.isdir(path):
+                    raise
+
+    # -- contract ---------------------------------------------------------------------------
+    def open_write(self, path: str, *, overwrite: bool = True) -> WriteStream:
+        rel = normalize_path(path)
+        final = self._abs(rel)
+        directory, base = os.path.split(final)
+        if not overwrite and os.path.lexists(final):  # fail before streaming; commit checks again atomically
+            raise AlreadyExistsError(f"cannot write {rel} on {self.display}: it already exists.", rel)
+        try:
+            self._makedirs(directory)
+        except OSError as err:
+            raise self._fail(err, "create the directory of", rel) from err
+        now = int(time.time() * 1000)
+        while True:
+            tmp = os.path.join(directory, temp_name(base, now))
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+                break
+            except FileExistsError:
+                now += 1  # two writers in the same millisecond
+            except OSError as err:
+                raise self._fail(err, "write", rel) from err
+        return _FileWriteStream(self, rel, final, tmp, fd, overwrite)
+
+    def open_read(self, path: str) -> ReadStream:
+        rel = normalize_path(path)
+        try:
+            fd = os.open(self._abs(rel), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as err:
+            raise self._fail(err, "read", rel) from err
+        return _FileReadStream(self, rel, fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        rsrc, rdst = normalize_path(src), normalize_path(dst)
+        try:
+            self._makedirs(os.path.dirname(self._abs(rdst)))
+            os.rename(self._abs(rsrc), self._abs(rdst))
+        except OSError as err:
+            raise self._fail(err, f"rename {rsrc} to", rdst) from err
+        _fsync_dir(os.path.dirname(self._abs(rdst)))
+        if os.path.dirname(rsrc) != os.path.dirname(rdst):
+            _fsync_dir(os.path.dirname(self._abs(rsrc)))
+
+    def list(self, path: str = "", *, missing_ok: bool = False) -> List[str]:
+        rel = normalize_path(path, allow_root=True)
+        try:
+            return sorted(os.listdir(self._abs(rel)))
+        except FileNotFoundError:
+            if missing_ok:
+                return []
+            raise NotFoundError(f"cannot list {rel or '/'} on {self.display}: it does not exist.", rel) from None
+        except NotADirectoryError:
+            raise StorageError(f"cannot list {rel} on {self.display}: it is a file, not a directory.", rel) from None
+        except OSError as err:
+            raise self._fail(err, "list", rel) from err
+
+    def stat(self, path: str) -> StatResult:
+        rel = normalize_path(path, allow_root=True)
+        try:
+            st = os.stat(self._abs(rel))
+        except OSError as err:
+            raise self._fail(err, "stat", rel) from err
+        return StatResult(size=st.st_size, is_dir=stat_mod.S_ISDIR(st.st_mode), mtime=st.st_mtime)
+
+    def delete(self, path: str, *, missing_ok: bool = True) -> None:
+        rel = normalize_path(path)
+        try:
+            os.unlink(self._abs(rel))
+        except FileNotFoundError:
+            if not missing_ok:
+                raise NotFoundError(f"cannot delete {rel} on {self.display}: it does not exist.", rel) from None
+        except IsADirectoryError:
+            raise StorageError(
+                f"cannot delete {rel} on {self.display}: it is a directory (use delete_tree).", rel
+            ) from None
+        except OSError as err:
+            if err.errno == errno.EPERM and os.path.isdir(self._abs(rel)):
+                raise StorageError(
+                    f"cannot delete {rel} on {self.display}: it is a directory (use delete_tree).", rel
+                ) from None
+            raise self._fail(err, "delete", rel) from err
+        _fsync_dir(os.path.dirname(self._abs(rel)))
+
+    def delete_tree(self, path: str, *, missing_ok: bool = True) -> None:
+        rel = normalize_path(path)
+        target = self._abs(rel)
+        try:
+            if os.path.islink(target) or not os.path.isdir(target):
+                os.unlink(target)
+            else:
+                shutil.rmtree(target)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise NotFoundError(f"cannot delete {rel} on {self.display}: it does not exist.", rel) from None
+        except OSError as err:
+            raise self._fail(err, "delete", rel) from err
+
+    def mkdir(self, path: str, *, exist_ok: bool = True) -> None:
+        rel = normalize_path(path)
+        target = self._abs(rel)
+        if os.path.isdir(target) and not exist_ok:
+            raise AlreadyExistsError(f"cannot create {rel} on {self.display}: it already exists.", rel)
+        try:
+            self._makedirs(target)
+        except OSError as err:
+            raise self._fail(err, "create directory", rel) from err
+
+    def open_update(self, path: str):
+        rel = normalize_path(path)
+        try:
+            return open(self._abs(rel), "r+b")  # noqa: SIM115 - returned to the caller
+        except OSError as err:
+            raise self._fail(err, "update", rel) from err
+
+    def local_path(self, path: str) -> Optional[str]:
+        return self._abs(normalize_path(path, allow_root=True))
+
+    def lock(self, path: str, *, stale: float = LOCK_STALE_SECONDS, what: str = "a backup of this VM") -> StorageLock:
+        rel = normalize_path(path) + ".lock"
+        target = self._abs(rel)
+        try:
+            self._makedirs(os.path.dirname(target))
+        except OSError as err:
+            raise self._fail(err, "create the directory of", rel) from err
+        return acquire_dir_lock(target, rel, self.display, stale=stale, what=what)
+
+
+def _fsync_dir(path: str) -> None:
+    # Makes a rename/unlink durable. Some filesystems (CIFS, old NFS) refuse fsync on directories.
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EROFS):
+            raise
+    finally:
+        os.close(fd)
+
+
+class _FileWriteStream(WriteStream):
+    def __init__(self, storage: FileStorage, rel: str, final: str, tmp: str, fd: int, overwrite: bool):
+        self.path = rel
+        self.bytes_written = 0
+        self._storage = storage
+        self._final = final
+        self._tmp = tmp
+        self._overwrite = overwrite
+        self._raw = io.FileIO(fd, "wb", closefd=True)
+        self._out = io.BufferedWriter(self._raw, WRITE_BUFFER)
+        self._state = "open"
+
+    @property
+    def temp_path(self) -> str:
+        """Remote-relative name of the temporary file (for diagnostics and tests)."""
+        return os.path.relpath(self._tmp, self._storage.root)
+
+    def _check_open(self):
+        if self._state != "open":
+            raise StorageError(f"cannot write {self.path}: the stream is already {self._state}.", self.path)
+
+    def write(self, data) -> int:
+        self._check_open()
+        try:
+            n = self._out.write(data)
+        except OSError as err:
+            self.abort()
+            raise self._storage._fail(err, "write", self.path) from err
+        self.bytes_written += n
+        return n
+
+    def commit(self) -> None:
+        self._check_open()
+        try:
+            self._out.flush()
+            os.fsync(self._raw.fileno())
+            self._out.close()
+            if self._overwrite:
+                os.rename(self._tmp, self._final)
+            else:
+                self._publish_exclusive()
+        except AlreadyExistsError:  # already worded; it is an OSError too, so catch it first
+            self.abort()
+            raise
+        except OSError as err:
+            self.abort()
+            raise self._storage._fail(err, "write", self.path) from err
+        self._state = "committed"
+        _fsync_dir(os.path.dirname(self._final))
+
+    def _publish_exclusive(self):
+        try:
+            os.link(self._tmp, self._final)  # fails if the final name exists: no window where it is replaced
+        except FileExistsError:
+            raise AlreadyExistsError(
+                f"cannot write {self.path} on {self._storage.display}: it already exists.", self.path
+            ) from None
+        except OSError as err:
+            if err.errno not in _NO_LINK:
+                raise
+            if os.path.lexists(self._final):  # best effort where hard links are unavailable
+                raise AlreadyExistsError(
+                    f"cannot write {self.path} on {self._storage.display}: it already exists.", self.path
+                ) from None
+            os.rename(self._tmp, self._final)
+            return
+        os.unlink(self._tmp)
+
+    def abort(self) -> None:
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        with contextlib.suppress(OSError):  # flushing the rest may fail (ENOSPC): the temporary goes anyway
+            self._out.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._tmp)
+
+
+class _FileReadStream(ReadStream):
+    def __init__(self, storage: FileStorage, rel: str, fd: int):
+        super().__init__()
+        self.path = rel
+        self._storage = storage
+        self._fd = fd
+        try:
+            self.size = os.fstat(fd).st_size
+        except OSError as err:
+            os.close(fd)
+            raise storage._fail(err, "read", rel) from err
+
+    def fileno(self):
+        return self._fd
+
+    def readinto(self, buffer) -> int:
+        try:
+            if hasattr(os, "preadv"):
+                n = os.preadv(self._fd, [buffer], self._pos)
+            else:
+                data = os.pread(self._fd, len(buffer), self._pos)
+                n = len(data)
+                buffer[:n] = data
+        except OSError as err:
+            raise self._storage._fail(err, "read", self.path) from err
+        self._pos += n
+        return n
+
+    def pread(self, offset: int, length: int) -> bytes:
+        out = []
+        while length > 0:
+            try:
+                chunk = os.pread(self._fd, length, offset)
+            except OSError as err:
+                raise self._storage._fail(err, "read", self.path) from err
+            if not chunk:
+                break
+            out.append(chunk)
+            offset += len(chunk)
+            length -= len(chunk)
+        return b"".join(out)
+
+    def close(self):
+        if not self.closed:
+            try:
+                os.close(self._fd)
+            finally:
+                super().close()

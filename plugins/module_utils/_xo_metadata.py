@@ -1,0 +1,313 @@
+"""Backup metadata JSON exactly as Xen Orchestra writes it (xo-backups.md §1), and ``.xva.checksum``.
+
+Builders return plain dicts whose key order matches XO's writers, so ``json.dumps`` output lines up
+with XO's ``JSON.stringify``. :func:`validate_metadata` checks what a remote gives us, including
+backups written by XO, before anything trusts its paths.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import posixpath
+from typing import Any, Dict, Iterable, Mapping, Optional
+
+from ansible_collections.xapi.proxy.plugins.module_utils._xo_layout import format_filename_date, to_ms
+
+METADATA_VERSION = "2.0.0"
+CHECKSUM_PREFIX = "$1$$"  # "$<algorithm id>$$": 1 is md5 (fs/src/checksum.js)
+MODES = ("full", "delta")
+
+
+class MetadataError(ValueError):
+    """Invalid backup metadata; the message names the file and the key."""
+
+
+# -- records ----------------------------------------------------------------------------------
+def strip_record(record: Mapping[str, Any]) -> Dict[str, Any]:
+    """Copy of a XAPI record without ``$ref``/``$id`` (XO's record wrappers don't serialise them)."""
+    return {k: copy.deepcopy(v) for k, v in record.items() if k not in ("$ref", "$id")}
+
+
+def vdi_record(
+    record: Mapping[str, Any],
+    *,
+    snapshot_of_uuid: Optional[str],
+    sr_uuid: str,
+    vm_uuid: Optional[str] = None,
+    base_vdi_uuid: Optional[str] = None,
+) -> Dict[str, Any]:
+    """A snapshot VDI record as stored in delta metadata ``vdis``.
+
+    Adds ``$snapshot_of$uuid``, ``$SR$uuid`` and ``other_config['xo:base_delta_vdi']`` (the base snapshot
+    VDI, deltas only) and ``['xo:backup:vm']``.
+    """
+    out = strip_record(record)
+    other = dict(out.get("other_config") or {})
+    if base_vdi_uuid is not None:
+        other["xo:base_delta_vdi"] = base_vdi_uuid
+    if vm_uuid is not None:
+        other["xo:backup:vm"] = vm_uuid
+    out["other_config"] = other
+    out["$snapshot_of$uuid"] = snapshot_of_uuid
+    out["$SR$uuid"] = sr_uuid
+    return out
+
+
+def vif_record(
+    record: Mapping[str, Any], *, network_uuid: str, network_name_label: str, network_vlan: int
+) -> Dict[str, Any]:
+    """A VIF record as stored in delta metadata ``vifs`` (restore maps networks by these keys)."""
+    out = strip_record(record)
+    out["$network$uuid"] = network_uuid
+    out["$network$name_label"] = network_name_label
+    out["$network$VLAN"] = network_vlan
+    return out
+
+
+# -- builders ---------------------------------------------------------------------------------
+def build_full_metadata(
+    *,
+    job_id: str,
+    schedule_id: str,
+    timestamp,
+    vm: Mapping[str, Any],
+    vm_snapshot: Optional[Mapping[str, Any]],
+    size: int,
+    tags: Iterable[str] = (),
+) -> Dict[str, Any]:
+    """Metadata of a full (XVA) backup; ``timestamp`` is ms or a datetime."""
+    ts = to_ms(timestamp)
+    return {
+        "jobId": job_id,
+        "mode": "full",
+        "scheduleId": schedule_id,
+        "timestamp": ts,
+        "version": METADATA_VERSION,
+        "vm": strip_record(vm),
+        "vmSnapshot": None if vm_snapshot is None else strip_record(vm_snapshot),
+        "xva": f"./{format_filename_date(ts)}.xva",
+        "size": size,
+        "tags": list(tags),
+    }
+
+
+def build_delta_metadata(
+    *,
+    job_id: str,
+    schedule_id: str,
+    timestamp,
+    vm: Mapping[str, Any],
+    vm_snapshot: Mapping[str, Any],
+    vdis: Mapping[str, Mapping[str, Any]],
+    vbds: Mapping[str, Mapping[str, Any]],
+    vifs: Mapping[str, Mapping[str, Any]],
+    vhds: Mapping[str, str],
+    is_vhd_differencing: Mapping[str, bool],
+    size: int,
+    vtpms: Iterable[str] = (),
+    tags: Iterable[str] = (),
+    include_non_nbd_qcow2_fix: bool = True,
+) -> Dict[str, Any]:
+    """Metadata of a delta (VHD) backup. Keys of ``vdis``/``vhds``/``isVhdDifferencing`` are VDI refs.
+
+    ``vhds`` values are relative to the VM directory (``vdis/<job>/<vdi>/<ts>.vhd``); see
+    ``_xo_layout.vhd_relative_path``.
+    """
+    missing = sorted(set(vhds) - set(vdis))
+    if missing:
+        raise MetadataError(f"vhds names VDI refs absent from vdis: {', '.join(missing)}")
+    return {
+        "includeNonNbdQcow2Fix": include_non_nbd_qcow2_fix,
+        "isVhdDifferencing": {ref: bool(is_vhd_differencing.get(ref, False)) for ref in vhds},
+        "jobId": job_id,
+        "mode": "delta",
+        "scheduleId": schedule_id,
+        "timestamp": to_ms(timestamp),
+        "vbds": {ref: strip_record(r) for ref, r in vbds.items()},
+        "vdis": {ref: strip_record(r) for ref, r in vdis.items()},
+        "version": METADATA_VERSION,
+        "vifs": {ref: strip_record(r) for ref, r in vifs.items()},
+        "vhds": dict(vhds),
+        "vm": strip_record(vm),
+        "vmSnapshot": strip_record(vm_snapshot),
+        "vtpms": list(vtpms),
+        "tags": list(tags),
+        "size": size,
+    }
+
+
+def dump_metadata(metadata: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON, as ``JSON.stringify``."""
+    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def mark_merged(metadata: Mapping[str, Any], size: int) -> Dict[str, Any]:
+    """Copy with XO's post-merge update: new ``size`` and every ``isVhdDifferencing`` false."""
+    out = copy.deepcopy(dict(metadata))
+    out["size"] = size
+    out["isVhdDifferencing"] = {ref: False for ref in out.get("isVhdDifferencing", {})}
+    return out
+
+
+# -- validation -------------------------------------------------------------------------------
+def parse_metadata(data, filename: str) -> Dict[str, Any]:
+    """Decode (bytes/str) and validate metadata read from ``filename``."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+        value = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise MetadataError(f"{filename}: not valid JSON ({err}).") from None
+    return validate_metadata(value, filename)
+
+
+def validate_metadata(md: Any, filename: str) -> Dict[str, Any]:
+    """Return ``md`` if it is usable backup metadata, else raise :class:`MetadataError`."""
+
+    def fail(problem):
+        raise MetadataError(f"{filename}: {problem}.")
+
+    def need(key, kind, what):
+        if key not in md:
+            fail(f"missing key {key!r} ({what})")
+        if not isinstance(md[key], kind) or isinstance(md[key], bool) and kind is not bool:
+            fail(f"key {key!r} must be {what}, got {json.dumps(md[key])[:80]}")
+        return md[key]
+
+    if not isinstance(md, dict):
+        fail("backup metadata must be a JSON object")
+    mode = need("mode", str, "'full' or 'delta'")
+    if mode not in MODES:
+        fail(f"key 'mode' must be 'full' or 'delta', got {mode!r}")
+    ts = need("timestamp", (int, float), "a timestamp in milliseconds")
+    if ts < 0 or ts != int(ts):
+        fail(f"key 'timestamp' must be a whole, non-negative number of milliseconds, got {ts!r}")
+    need("jobId", str, "the job id")
+    need("scheduleId", str, "the schedule id")
+    need("version", str, "the metadata version string")
+    vm = need("vm", dict, "the VM record")
+    if not isinstance(vm.get("uuid"), str):
+        fail("key 'vm' has no 'uuid'")
+    if "vmSnapshot" not in md or not isinstance(md["vmSnapshot"], (dict, type(None))):
+        fail("missing key 'vmSnapshot' (the exported snapshot record)")
+    if "size" in md and (not isinstance(md["size"], (int, float)) or isinstance(md["size"], bool) or md["size"] < 0):
+        fail(f"key 'size' must be a non-negative number of bytes, got {md['size']!r}")
+    if "tags" in md and (not isinstance(md["tags"], list) or not all(isinstance(t, str) for t in md["tags"])):
+        fail("key 'tags' must be a list of strings")
+    if mode == "full":
+        _check_rel(need("xva", str, "the path of the XVA file"), "xva", fail)
+        return md
+    vhds = need("vhds", dict, "VDI ref → VHD path")
+    vdis = need("vdis", dict, "VDI ref → VDI record")
+    need("vbds", dict, "VBD ref → VBD record")
+    for key, kind, what in (("vifs", dict, "VIF ref → VIF record"), ("isVhdDifferencing", dict, "VDI ref → bool"),
+                            ("vtpms", list, "a list of VTPM contents")):  # fmt: skip
+        if key in md and not isinstance(md[key], kind):
+            fail(f"key {key!r} must be {what}")
+    for ref, path in vhds.items():
+        if not isinstance(path, str):
+            fail(f"vhds[{ref!r}] must be a path string")
+        _check_rel(path, f"vhds[{ref!r}]", fail)
+        if ref not in vdis:
+            fail(f"vhds names {ref!r}, which is not in 'vdis'")
+        if not isinstance(vdis[ref], dict):
+            fail(f"vdis[{ref!r}] must be a VDI record")
+    return md
+
+
+def _check_rel(path, key, fail):
+    # paths in metadata are relative to the VM directory; refuse anything that could leave it
+    norm = posixpath.normpath(path)
+    if path.startswith("/") or norm == ".." or norm.startswith("../") or "\0" in path:
+        fail(f"key {key} holds {path!r}, which points outside the VM backup directory")
+
+
+def resolve_path(backup_id: str, relative: str) -> str:
+    """Remote path of a file named in metadata (``xva`` or a ``vhds`` value) of backup ``backup_id``."""
+    return posixpath.normpath(posixpath.join(posixpath.dirname(backup_id), relative))
+
+
+def xva_remote_path(backup_id: str, md: Mapping[str, Any]) -> Optional[str]:
+    return resolve_path(backup_id, md["xva"]) if md.get("mode") == "full" else None
+
+
+def vhd_remote_paths(backup_id: str, md: Mapping[str, Any]) -> Dict[str, str]:
+    """``{vdiRef: remote path}`` of a delta backup's VHDs (empty for a full backup)."""
+    return {ref: resolve_path(backup_id, p) for ref, p in (md.get("vhds") or {}).items()}
+
+
+# -- .xva.checksum ----------------------------------------------------------------------------
+def _md5():
+    try:
+        return hashlib.md5(usedforsecurity=False)  # an integrity check, allowed on FIPS hosts
+    except TypeError:  # pragma: no cover - interpreters without the keyword
+        return hashlib.md5()  # noqa: S324
+
+
+class XvaChecksum:
+    """Streaming MD5 of the stored bytes; :attr:`text` is the ``.checksum`` file content."""
+
+    def __init__(self):
+        self._h = _md5()
+        self.size = 0
+
+    def update(self, data) -> None:
+        self._h.update(data)
+        self.size += len(data)
+
+    @property
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+    @property
+    def text(self) -> str:
+        return format_checksum(self.hexdigest)
+
+
+class ChecksumWriter:
+    """Wraps a write stream: everything written is hashed on the way (see :class:`XvaChecksum`)."""
+
+    def __init__(self, out):
+        self.out = out
+        self.checksum = XvaChecksum()
+
+    def write(self, data) -> int:
+        self.checksum.update(data)
+        return self.out.write(data)
+
+    def flush(self):
+        flush = getattr(self.out, "flush", None)
+        if flush:
+            flush()
+
+    def writable(self):
+        return True
+
+    def tell(self):
+        return self.checksum.size
+
+
+def format_checksum(md5_hex: str) -> str:
+    return f"{CHECKSUM_PREFIX}{md5_hex}"
+
+
+def parse_checksum(text) -> str:
+    """MD5 hex digest from a ``.checksum`` file's content."""
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode("ascii", "replace")
+    value = text.strip()
+    digest = value[len(CHECKSUM_PREFIX) :]
+    if not value.startswith(CHECKSUM_PREFIX) or len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"{value[:60]!r} is not an XO checksum: expected $1$$ followed by 32 lowercase hex digits")
+    return digest
+
+
+def checksum_of_stream(reader, chunk_size: int = 1024 * 1024) -> str:
+    """Checksum text of everything ``reader`` yields from its current position."""
+    digest = XvaChecksum()
+    while True:
+        chunk = reader.read(chunk_size)
+        if not chunk:
+            return digest.text
+        digest.update(chunk)
