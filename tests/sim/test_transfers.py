@@ -12,6 +12,7 @@ import requests
 import zstandard
 from simhelpers import disk_vdis, download, sha256_file, wait_task, xva_img_export
 
+from ansible_collections.xapi.proxy.plugins.module_utils._vhd_stream_read import VhdStreamReader
 from xapisim import xva
 
 NULL = "OpaqueRef:NULL"
@@ -133,8 +134,6 @@ def test_raw_and_vhd_exports_agree_with_qemu_img(sim, x, tmp_path):
 
 
 def test_delta_vhd_carries_exactly_the_changed_blocks(sim, x, tmp_path):
-    from xapisim import vhd  # noqa: PLC0415 - our own sequential reader applies the delta
-
     db = vm_by_name(x, "tiny-01")
     s1 = x.VM.snapshot(db, "d1")
     live = disk_vdis(x, db)["1"]
@@ -149,13 +148,16 @@ def test_delta_vhd_carries_exactly_the_changed_blocks(sim, x, tmp_path):
     assert footer[:8] == b"conectix" and int.from_bytes(footer[60:64], "big") == 4  # differencing
     header = delta[512:1536]
     assert header[40:56] != bytes(16) and header[64:66] != b"\0\0"  # parent uuid and unicode name set
-    reader = vhd.Reader(io.BytesIO(delta).read)
+    # The collection's own stream reader applies the delta onto the base, as a restore would.
+    reader = VhdStreamReader(io.BytesIO(delta), "delta")
+    assert reader.is_differencing
     touched = set()
+    size = int(x.VDI.get_virtual_size(new))
     with open(tmp_path / "base.raw", "r+b") as fh:
-        for offset, data in reader.blocks():
-            touched.add(offset // (2 << 20))
-            fh.seek(offset)
-            fh.write(data)
+        for index, data in reader.blocks():
+            touched.add(index)
+            fh.seek(index * reader.block_size)
+            fh.write(data[: max(0, size - index * reader.block_size)])
     assert touched == {7, 16, 17, 20}
     assert sha256_file(tmp_path / "base.raw") == sim.sha256(x.VDI.get_uuid(new))
 
