@@ -92,13 +92,25 @@ class VhdWriter:
     def is_differencing(self):
         return self.footer.disk_type == DISK_TYPE_DIFFERENCING
 
+    def prologue(self):
+        """Footer copy, header and BAT: the bytes before the first block."""
+        return self.footer.to_bytes() + self.header.to_bytes() + self._bat
+
+    def block(self, index, data):
+        """The bytes of planned block ``index``: its full bitmap, then the data (the last block zero padded)."""
+        if len(data) != self.block_size:
+            if len(data) > self.block_size or index != self.entries - 1:
+                raise VhdFormatError(f"block {index} has {len(data)} bytes, expected {self.block_size}")
+            data = bytes(data) + b"\0" * (self.block_size - len(data))
+        return self._bitmap, data
+
+    def epilogue(self):
+        return self.footer.to_bytes()
+
     def iter_chunks(self, blocks):
         """Yield the VHD as byte strings; ``blocks`` yields each block's data, or (index, data) pairs,
         in the order of ``block_indexes``. Only the last virtual block may be shorter (zero padded)."""
-        footer = self.footer.to_bytes()
-        yield footer
-        yield self.header.to_bytes()
-        yield self._bat
+        yield self.prologue()
         expected = iter(self.block_indexes)
         count = 0
         for item in blocks:
@@ -111,16 +123,11 @@ class VhdWriter:
                     raise VhdFormatError(f"block {got} supplied where block {index} was planned (#{count})")
             else:
                 data = item
-            if len(data) != self.block_size:
-                if len(data) > self.block_size or index != self.entries - 1:
-                    raise VhdFormatError(f"block {index} has {len(data)} bytes, expected {self.block_size}")
-                data = bytes(data) + b"\0" * (self.block_size - len(data))
-            yield self._bitmap
-            yield data
+            yield from self.block(index, data)
             count += 1
         if count != len(self.block_indexes):
             raise VhdFormatError(f"block data ended after {count} of {len(self.block_indexes)} planned blocks")
-        yield footer
+        yield self.epilogue()
 
     def write_to(self, out, blocks):
         """Write the whole VHD to ``out`` (anything with ``write``); returns the bytes written (== size)."""

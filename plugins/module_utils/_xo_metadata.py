@@ -26,8 +26,21 @@ class MetadataError(ValueError):
 
 # -- records ----------------------------------------------------------------------------------
 def strip_record(record: Mapping[str, Any]) -> Dict[str, Any]:
-    """Copy of a XAPI record without ``$ref``/``$id`` (XO's record wrappers don't serialise them)."""
-    return {k: copy.deepcopy(v) for k, v in record.items() if k not in ("$ref", "$id")}
+    """Copy of a XAPI record without ``$ref``/``$id`` (XO's record wrappers don't serialise them).
+
+    XML-RPC datetimes become their wire text (``20240618T02:00:03Z``), as XO's JSON records hold them.
+    """
+    return {k: _json_ready(v) for k, v in record.items() if k not in ("$ref", "$id")}
+
+
+def _json_ready(value):
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if hasattr(value, "timetuple") and hasattr(value, "value"):  # xmlrpc.client.DateTime
+        return str(value.value)
+    return copy.deepcopy(value)
 
 
 def vdi_record(

@@ -5,6 +5,7 @@ import xmlrpc.client
 
 import pytest
 import XenAPI
+from backup_checks import xva_img_export  # noqa: F401 - re-exported for the simulator tests
 
 
 def raw_call(sim, method, *params):
@@ -68,28 +69,3 @@ def sha256_file(path, size=None):
     if left:
         h.update(bytes(left))  # a sparse tail shorter than the disk
     return h.hexdigest()
-
-
-def xva_img_export(xva_dir, ref_dir, out):
-    """Unpack one disk with Debian's xva-img (1.4.2 reads only legacy SHA-1 ``.checksum`` files).
-
-    The ``.xxhash`` files are verified here with the xxhash library, then rewritten as ``.checksum`` so
-    that xva-img still checks every chunk's placement and content on its own.
-    """
-    import hashlib  # noqa: PLC0415
-    import os  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-
-    import xxhash  # noqa: PLC0415
-
-    d = os.path.join(xva_dir, ref_dir)
-    for name in sorted(os.listdir(d)):
-        if name.endswith(".xxhash"):
-            with open(os.path.join(d, name[:-7]), "rb") as fh:
-                data = fh.read()
-            with open(os.path.join(d, name)) as fh:
-                assert fh.read() == format(xxhash.xxh64(data).intdigest(), "016X"), f"bad xxhash for {name}"
-            with open(os.path.join(d, name[:-7] + ".checksum"), "w") as fh:
-                fh.write(hashlib.sha1(data).hexdigest())  # noqa: S324 - the format xva-img reads
-            os.remove(os.path.join(d, name))
-    subprocess.run(["xva-img", "disk-export", d, str(out)], check=True, capture_output=True)

@@ -22,7 +22,17 @@ def sync_sr(server, sr):
     if not db.exists("SR", sr):
         return
     rec = db.get("SR", sr)
-    virtual = sum(db.field("VDI", v, "virtual_size") for v in rec["VDIs"] if db.exists("VDI", v))
+    virtual = 0
+    for v in rec["VDIs"]:
+        if not db.exists("VDI", v):
+            continue
+        size = db.field("VDI", v, "virtual_size")
+        virtual += size
+        node = db.private.get(v, {}).get("node")
+        if node is not None:
+            # What a VHD of this VDI occupies: every block allocated along its chain.
+            used = len(server.storage.allocated_blocks(node)) * BLOCK
+            db.get("VDI", v)["physical_utilisation"] = min(used, size)
     db.set("SR", sr, physical_utilisation=server.storage.used(rec["uuid"]), virtual_allocation=virtual)
 
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from test_storage_contract import tmpfs  # the helper the contract suite fills remotes with
+from fs_helpers import tmpfs
 
 from ansible_collections.xapi.proxy.plugins.module_utils._storage import (
     AlreadyExistsError,

@@ -1,0 +1,215 @@
+"""Retention and clean-up of one VM's directory on a remote: XO's ``cleanVm`` carried out.
+
+The planner (``_xo_clean_plan``) decides; this file reads what it needs from the remote and
+performs the actions. A merge writes its resume state next to the parent VHD before touching
+data, so a run killed mid-merge is finished by the next one and the chain stays restorable.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from ._retention import select_old_backups
+from ._storage import StorageError
+from ._vhd_chain import open_vhd_chain_files
+from ._vhd_errors import VhdError
+from ._vhd_file import VhdFile
+from ._vhd_merge import merge_vhd
+from ._xo_cache import write_cache
+from ._xo_clean_plan import plan_clean_vm, resolve_parent
+from ._xo_layout import is_metadata_name, is_temp_name, merge_state_path, vdis_dir, vm_backup_dir
+from ._xo_metadata import MetadataError, dump_metadata, mark_merged, parse_metadata
+
+
+class Survey:
+    """What one VM directory holds: metadata, the VHD graph, plain files, interrupted merges."""
+
+    def __init__(self, storage, vm_uuid):
+        self.storage = storage
+        self.vm_uuid = vm_uuid
+        self.backups, self.invalid, self.files = {}, {}, {}
+        self.vhds, self.broken, self.merge_states, self.vdi_dirs = {}, {}, {}, []
+        # Files a killed run left under a temporary name: never visible as backups, only clutter.
+        self.temp_files = []
+        directory = vm_backup_dir(vm_uuid)
+        for name in storage.list(directory, missing_ok=True):
+            path = f"{directory}/{name}"
+            if name in ("vdis", "cache.json.gz"):
+                continue
+            if is_temp_name(name):
+                self.temp_files.append(path)
+                continue
+            if is_metadata_name(name):
+                try:
+                    self.backups[path] = parse_metadata(storage.read_bytes(path), path)
+                except (MetadataError, StorageError) as e:
+                    self.invalid[path] = str(e)
+            else:
+                try:
+                    st = storage.stat(path)
+                except StorageError:
+                    continue
+                if not st.is_dir:
+                    self.files[name] = st.size
+        self._scan_vhds(directory)
+
+    def _scan_vhds(self, directory):
+        storage = self.storage
+        root = vdis_dir(self.vm_uuid)
+        for job in storage.list(root, missing_ok=True):
+            for vdi in storage.list(f"{root}/{job}", missing_ok=True):
+                folder = f"{root}/{job}/{vdi}"
+                self.vdi_dirs.append(folder)
+                for name in storage.list(folder, missing_ok=True):
+                    path = f"{folder}/{name}"
+                    if name.startswith(".") and name.endswith(".merge.json"):
+                        try:
+                            self.merge_states[path] = storage.read_json(path)
+                        except (StorageError, ValueError):
+                            self.merge_states[path] = {}
+                    elif is_temp_name(name):
+                        self.temp_files.append(path)
+                    elif name.endswith(".vhd"):
+                        self._read_vhd(path)
+
+    def _read_vhd(self, path):
+        try:
+            with self.storage.open_read(path) as fh:
+                vhd = VhdFile(fh, path, fh.size)
+                self.vhds[path] = resolve_parent(path, vhd.parent_name) if vhd.is_differencing else None
+        except (VhdError, StorageError, OSError) as e:
+            self.vhds[path] = None
+            self.broken[path] = str(e)
+
+
+def old_backups(survey, spec):
+    """Ids retention removes now that a new backup of ``spec`` is complete."""
+    entries = [
+        {"id": bid, "mode": md.get("mode"), "scheduleId": md.get("scheduleId"), "timestamp": md.get("timestamp")}
+        for bid, md in survey.backups.items()
+        if md.get("jobId") == spec.job_id
+    ]
+    old = select_old_backups(
+        entries,
+        mode=spec.xo_mode,
+        schedule_id=spec.schedule_id,
+        retention=spec.retention,
+        long_term_retention=spec.long_term_retention,
+        timezone=spec.timezone,
+        max_deleted=spec.max_merged or None,
+        before_new_backup=False,
+    )
+    return [e["id"] for e in old]
+
+
+def plan(storage, vm_uuid, delete=()):
+    survey = Survey(storage, vm_uuid)
+    result = plan_clean_vm(
+        vm_uuid,
+        backups=survey.backups,
+        vhds=survey.vhds,
+        delete=delete,
+        invalid_metadata=survey.invalid,
+        broken_vhds=survey.broken,
+        files=survey.files,
+        merge_states=survey.merge_states,
+        vdi_dirs=survey.vdi_dirs,
+    )
+    return survey, result
+
+
+def apply_retention(storage, vm_uuid, spec, on_progress=None):
+    """Drop what retention says, merge orphans into their children, clean; returns a summary."""
+    survey = Survey(storage, vm_uuid)
+    return clean(storage, vm_uuid, delete=old_backups(survey, spec), on_progress=on_progress)
+
+
+def clean(storage, vm_uuid, delete=(), on_progress=None):
+    """Carry out the clean-up plan. Call it holding the VM's lock on ``storage``."""
+    survey, the_plan = plan(storage, vm_uuid, delete)
+    done = {"removed": [], "merged": [], "deleted_files": [], "warnings": list(the_plan.warnings)}
+    for path in survey.temp_files:
+        storage.delete(path, missing_ok=True)
+        done["deleted_files"].append(path)
+    for action in the_plan.actions:
+        kind = action.kind
+        if kind == "delete_metadata":
+            storage.delete(action.path)
+            done["removed"].append(action.path)
+            survey.backups.pop(action.path, None)
+        elif kind in ("delete_file", "delete_merge_state"):
+            storage.delete(action.path)
+            done["deleted_files"].append(action.path)
+        elif kind == "delete_vhd":
+            storage.delete(action.path)
+            if action.data:
+                storage.delete_tree(action.data)
+            done["deleted_files"].append(action.path)
+        elif kind in ("merge", "resume_merge"):
+            size = _merge(storage, action, survey.merge_states.get(action.state) if action.state else None, on_progress)
+            for bid in action.backups:
+                if bid in survey.backups:
+                    survey.backups[bid] = mark_merged(survey.backups[bid], _backup_size(storage, bid, survey, size))
+                    storage.write_bytes(bid, dump_metadata(survey.backups[bid]))
+            done["merged"].append({"into": action.path, "chain": list(action.chain)})
+        elif kind == "delete_dir":
+            storage.delete_tree(action.path)
+    if the_plan.rewrite_cache or done["removed"] or done["merged"]:
+        write_cache(storage, vm_uuid, {bid: md for bid, md in survey.backups.items() if bid in the_plan.kept})
+    return done
+
+
+def _backup_size(storage, backup_id, survey, merged_size):
+    # XO rewrites ``size`` after a merge; the sum of the backup's VHD files is what it now occupies.
+    from ._xo_metadata import vhd_remote_paths  # noqa: PLC0415 - avoids a cycle at import
+
+    total = 0
+    for path in vhd_remote_paths(backup_id, survey.backups[backup_id]).values():
+        try:
+            total += storage.stat(path).size
+        except StorageError:
+            return merged_size
+    return total
+
+
+def _merge(storage, action, state, on_progress):
+    """Merge ``chain[1:]`` into ``chain[0]``, then give the result the newest child's name."""
+    chain = list(action.chain)
+    parent_path = chain[0]
+    state_path = action.state or merge_state_path(parent_path)
+    directory = posixpath.dirname(parent_path)
+    if state and state.get("chain"):
+        # Resume: the state names the whole chain, some of which a killed cleanup may have removed.
+        chain = [posixpath.normpath(posixpath.join(directory, p)) for p in state["chain"]]
+        parent_path = chain[0]
+    if state is None or state.get("step") != "cleanup":
+        children = chain[1:]
+        with storage.open_update(parent_path) as pfile:
+            parent = VhdFile(pfile, parent_path)
+            opened = []
+
+            def opener(path):
+                fh = storage.open_read(path)
+                opened.append(fh)
+                return fh
+
+            try:
+                child = open_vhd_chain_files(list(reversed(children)), opener, allow_differencing_root=True)
+                state = merge_vhd(
+                    parent,
+                    child,
+                    state=state,
+                    on_state=lambda s: storage.write_json(state_path, s),
+                    chain=[posixpath.basename(p) for p in chain],
+                    on_progress=on_progress,
+                )
+            finally:
+                for fh in opened:
+                    fh.close()
+    # Cleanup: the children are folded into the parent, which now takes the newest child's name.
+    target = chain[-1]
+    for path in chain[1:]:
+        storage.delete(path, missing_ok=True)
+    storage.rename(parent_path, target)
+    storage.delete(state_path, missing_ok=True)
+    return storage.stat(target).size

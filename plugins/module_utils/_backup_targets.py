@@ -1,0 +1,189 @@
+"""The remotes one VM's backup is written to, and the files it writes there.
+
+One XAPI stream is read once and fanned out to every remote. A remote that fails (full, cut off)
+is aborted and reported on its own; the others carry on. Every file goes to a temporary name and
+becomes visible only once complete; the metadata JSON is written last, so a backup that is not
+whole never looks like one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from ._storage import LOCK_STALE_SECONDS, LockedError, StorageError
+from ._vhd_errors import VhdError
+from ._vhd_format import FOOTER_SIZE, Footer, uuid_str
+from ._vhd_stream_write import VhdWriter
+from ._xo_cache import update_cache
+from ._xo_layout import (
+    metadata_path,
+    vdis_dir,
+    vhd_path,
+    vhd_relative_path,
+    vm_backup_dir,
+    xva_checksum_path,
+    xva_path,
+)
+from ._xo_metadata import XvaChecksum, dump_metadata
+from ._xva_read import xva_quick_check
+
+# A stale lock (its holder died) is taken over after LOCK_STALE_SECONDS: wait a little longer.
+LOCK_WAIT = LOCK_STALE_SECONDS + 5
+
+
+class TargetError(Exception):
+    """A remote could not take this backup; the message names the remote and the step."""
+
+
+class Target:
+    """One remote for one VM: its lock, its in-progress files, and its outcome."""
+
+    def __init__(self, storage, vm_uuid):
+        self.storage = storage
+        self.vm_uuid = vm_uuid
+        self.label = storage.display
+        self.lock = None
+        self.error = None
+        self.bytes_written = 0
+        self.backup_id = None
+
+    @property
+    def ok(self):
+        return self.error is None
+
+    def fail(self, step, exc):
+        if self.error is None:
+            self.error = f"{self.label}: {step} failed: {exc}"
+
+    def acquire(self, wait=LOCK_WAIT, clock=time.monotonic):
+        """Lock the VM's directory; a lock left by a killed run goes stale and is taken over, so wait
+        that long before reporting the VM as busy."""
+        deadline = clock() + wait
+        while True:
+            try:
+                self.lock = self.storage.lock(vm_backup_dir(self.vm_uuid))
+                return
+            except LockedError as e:
+                if clock() >= deadline:
+                    self.fail("locking the VM's backup directory", e)
+                    return
+                time.sleep(0.5)
+            except StorageError as e:
+                self.fail("locking the VM's backup directory", e)
+                return
+
+    def release(self):
+        if self.lock is not None:
+            with contextlib.suppress(Exception):
+                self.lock.release()
+            self.lock = None
+
+    # -- incremental bases -------------------------------------------------------------------------
+    def find_base_vhd(self, job_id, live_vdi_uuid, base_vdi_uuid):
+        """Name of the VHD (in ``vdis/<job>/<vdi>/``) whose footer uuid is the base snapshot VDI, or None.
+
+        XO's ``checkBaseVdis``: a base counts only if its data is on this remote.
+        """
+        directory = vdis_dir(self.vm_uuid, job_id, live_vdi_uuid)
+        try:
+            names = self.storage.list(directory, missing_ok=True)
+        except StorageError:
+            return None
+        for name in sorted((n for n in names if n.endswith(".vhd") and not n.startswith(".")), reverse=True):
+            try:
+                with self.storage.open_read(f"{directory}/{name}") as fh:
+                    footer = Footer.parse(fh.pread(0, FOOTER_SIZE), name, 0)
+            except (StorageError, VhdError, OSError):
+                continue
+            if uuid_str(footer.uuid) == base_vdi_uuid:
+                return name, footer.timestamp
+        return None
+
+    # -- metadata -----------------------------------------------------------------------------------
+    def write_metadata(self, when, metadata):
+        """Write ``<ts>.json`` last and record it in the cache; returns the backup id."""
+        path = metadata_path(self.vm_uuid, when)
+        self.storage.write_bytes(path, dump_metadata(metadata))
+        self.backup_id = path
+        with contextlib.suppress(StorageError):  # the cache is an optimisation XO rebuilds itself
+            update_cache(self.storage, self.vm_uuid, add={path: metadata})
+        return path
+
+
+class XvaSink:
+    """``<ts>.xva`` being written to one target, with its MD5 for ``<ts>.xva.checksum``."""
+
+    def __init__(self, target, when):
+        self.target = target
+        self.when = when
+        self.checksum = XvaChecksum()
+        self.stream = target.storage.open_write(xva_path(target.vm_uuid, when), overwrite=False)
+
+    def write(self, data):
+        self.stream.write(data)
+        self.checksum.update(data)
+        self.target.bytes_written += len(data)
+
+    def commit(self, compressed):
+        self.stream.commit()
+        path = xva_path(self.target.vm_uuid, self.when)
+        size = self.target.storage.stat(path).size
+        if size != self.checksum.size:
+            raise TargetError(f"{path} holds {size} bytes but {self.checksum.size} were written")
+        if not compressed:
+            with self.target.storage.open_read(path) as fh:
+                problems = xva_quick_check(fh, size)
+            if problems:
+                raise TargetError(f"{path} is not a complete XVA: {'; '.join(problems)}")
+        self.target.storage.write_bytes(xva_checksum_path(self.target.vm_uuid, self.when), self.checksum.text.encode())
+        return size
+
+    def abort(self):
+        with contextlib.suppress(Exception):
+            self.stream.abort()
+
+
+class VhdSink:
+    """One disk's ``vdis/<job>/<vdi>/<ts>.vhd`` being written to one target, in XO's VHD layout."""
+
+    def __init__(self, target, job_id, live_vdi_uuid, when, reader, snap_vdi_uuid, parent):
+        self.target = target
+        self.relative = vhd_relative_path(job_id, live_vdi_uuid, when)
+        self.path = vhd_path(target.vm_uuid, job_id, live_vdi_uuid, when)
+        # parent: (file name relative to this VHD, its VHD timestamp, the base snapshot VDI uuid)
+        parent_name, parent_ts, parent_uuid = parent if parent else ("", 0, None)
+        blocks = [i for i in reader.block_order if i * reader.block_size < reader.virtual_size]
+        self.writer = VhdWriter(
+            reader.virtual_size,
+            blocks,
+            uuid=snap_vdi_uuid,
+            parent_uuid=parent_uuid,
+            parent_name=parent_name,
+            parent_timestamp=parent_ts,
+            block_size=reader.block_size,
+        )
+        self.differencing = parent is not None
+        self.stream = target.storage.open_write(self.path, overwrite=False)
+        self._write(self.writer.prologue())
+
+    def _write(self, data):
+        self.stream.write(data)
+        self.target.bytes_written += len(data)
+
+    def block(self, index, data):
+        for piece in self.writer.block(index, data):
+            self._write(piece)
+
+    def commit(self):
+        self._write(self.writer.epilogue())
+        self.stream.commit()
+        size = self.target.storage.stat(self.path).size
+        if size != self.writer.size:
+            raise TargetError(f"{self.path} holds {size} bytes, expected {self.writer.size}")
+        return size
+
+    def abort(self):
+        with contextlib.suppress(Exception):
+            self.stream.abort()
+

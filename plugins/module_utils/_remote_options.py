@@ -1,0 +1,85 @@
+"""Turn the remote options of a module into opened storages, resolving registered remote names.
+
+A value with ``://`` is a URL in Xen Orchestra's grammar; anything else names a remote registered
+on this host by the ``remote`` module (``<remotes_dir>/<name>.json``, root-owned, mode 0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from ._remote_url import Credentials, RemoteUrlError, parse
+from ._storage import open_remote
+
+DEFAULT_REMOTES_DIR = "/etc/xapi-proxy/remotes"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class RemoteOptionError(ValueError):
+    """A remote option names nothing usable; the message says what to fix."""
+
+
+def argument_spec():
+    return {
+        "remote_username": {"type": "str"},
+        "remote_password": {"type": "str", "no_log": True},
+        "remotes_dir": {"type": "path", "default": DEFAULT_REMOTES_DIR},
+    }
+
+
+def registered(name, remotes_dir=DEFAULT_REMOTES_DIR):
+    """The record of remote ``name`` registered on this host: ``{url, username, password, options}``."""
+    if not _NAME.match(name):
+        raise RemoteOptionError(
+            f"{name!r} is neither a remote URL (file://, nfs://, smb://, s3://) nor a registered remote name "
+            "(letters, digits, '.', '_' and '-')"
+        )
+    path = os.path.join(remotes_dir, name + ".json")
+    try:
+        with open(path) as fh:
+            record = json.load(fh)
+    except FileNotFoundError:
+        raise RemoteOptionError(
+            f"no remote named {name!r} is registered on this host (looked for {path}); register it with "
+            "xapi.proxy.remote or give its URL"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise RemoteOptionError(f"cannot read the registered remote {name!r} from {path}: {e}") from None
+    if not isinstance(record, dict) or "url" not in record:
+        raise RemoteOptionError(f"{path} is not a remote registration (no 'url'); register it again")
+    return record
+
+
+def resolve(value, username=None, password=None, remotes_dir=DEFAULT_REMOTES_DIR):
+    """``(RemoteUrl with credentials, registered name or None)`` for one remote option value."""
+    value = (value or "").strip()
+    name = None
+    if "://" not in value:
+        record = registered(value, remotes_dir)
+        name, value = value, record["url"]
+        username, password = record.get("username"), record.get("password")
+    try:
+        remote = parse(value)
+    except RemoteUrlError as e:
+        raise RemoteOptionError(str(e)) from None
+    if username or password:
+        remote = remote.with_credentials(Credentials(username or "", password or ""))
+    return remote, name
+
+
+def open_storage(value, params, **options):
+    """Open one remote named by ``value`` with the module's remote credential options."""
+    remote, _ = resolve(
+        value,
+        params.get("remote_username"),
+        params.get("remote_password"),
+        params.get("remotes_dir") or DEFAULT_REMOTES_DIR,
+    )
+    return open_remote(remote, **options)
+
+
+def secrets_of(params):
+    """Values to mask in messages: the remote password given as an option."""
+    return [s for s in (params.get("remote_password"),) if s]

@@ -1,0 +1,104 @@
+"""Streaming exports and imports through the simulator, including cut streams and failed tasks."""
+
+import hashlib
+import io
+
+import pytest
+
+from ansible_collections.xapi.proxy.plugins.module_utils._xapi_client import XapiClient
+from ansible_collections.xapi.proxy.plugins.module_utils._xapi_http import ExportStream, TransferError, put_stream
+from ansible_collections.xapi.proxy.plugins.module_utils._xapi_options import ConnectionOptions
+from ansible_collections.xapi.proxy.plugins.module_utils._xapi_url import parse_xapi_url
+from xapisim.pytest_plugin import HERE
+
+TINY = HERE / "labs" / "tiny.yml"
+
+
+@pytest.fixture
+def tiny(sim_factory):
+    return sim_factory(lab=TINY)
+
+
+@pytest.fixture
+def client(tiny):
+    opts = ConnectionOptions(parse_xapi_url(tiny.url), tiny.username, tiny.password, ca_path=tiny.ca_path)
+    with XapiClient(opts) as c:
+        yield c
+
+
+def snapshot_disk(client, vm_name="tiny-01"):
+    vm = client.call("VM.get_by_name_label", vm_name)[0]
+    snap = client.call("VM.snapshot", vm, "http-test")
+    for vbd in client.call("VM.get_VBDs", snap):
+        if client.call("VBD.get_userdevice", vbd) == "0":
+            return snap, client.call("VBD.get_VDI", vbd)
+    raise AssertionError("no disk 0")
+
+
+def read_all(stream):
+    h = hashlib.sha256()
+    while True:
+        data = stream.read(1 << 20)
+        if not data:
+            return h.hexdigest(), stream.bytes
+        h.update(data)
+
+
+def test_raw_export_streams_the_whole_disk(tiny, client):
+    _, vdi = snapshot_disk(client)
+    with ExportStream(client, "/export_raw_vdi", "export of tiny-01 disk 0", vdi=vdi, format="raw") as s:
+        digest, n = read_all(s)
+    assert n == 64 << 20
+    assert digest == tiny.sha256(client.call("VDI.get_uuid", vdi))
+    assert client.call("task.get_all") == [], "transfer tasks are destroyed afterwards"
+
+
+def test_cut_stream_is_an_error_not_a_short_backup(tiny, client):
+    snap, _ = snapshot_disk(client)
+    tiny.fault(path="/export", action="cut", after_bytes=2 << 20)
+    with ExportStream(client, "/export", "export of tiny-01", ref=snap) as s, pytest.raises(TransferError) as e:
+        read_all(s)
+    assert e.value.bytes_done <= 2 << 20
+    assert "export of tiny-01" in str(e.value)
+    assert client.session_id not in str(e.value)
+
+
+def test_refused_export_names_the_xapi_error(client):
+    vm = client.call("VM.get_by_name_label", "tiny-run")[0]
+    with pytest.raises(TransferError) as e:
+        ExportStream(client, "/export", "export of tiny-run", ref=vm).open()
+    assert e.value.code == "VM_BAD_POWER_STATE"
+    assert client.call("task.get_all") == []
+
+
+def test_put_stream_imports_with_a_content_length(tiny, client):
+    snap, vdi = snapshot_disk(client)
+    with ExportStream(client, "/export_raw_vdi", "export", vdi=vdi, format="vhd") as s:
+        buf = io.BytesIO()
+        while chunk := s.read():
+            buf.write(chunk)
+    sr = client.call("VDI.get_SR", vdi)
+    target = client.call(
+        "VDI.create",
+        {
+            "name_label": "t",
+            "SR": sr,
+            "virtual_size": str(64 << 20),
+            "type": "user",
+            "sharable": False,
+            "read_only": False,
+            "other_config": {},
+        },
+    )
+    buf.seek(0)
+    result = put_stream(client, "/import_raw_vdi", buf, len(buf.getvalue()), "import", vdi=target, format="vhd")
+    assert result == target
+    assert tiny.sha256(client.call("VDI.get_uuid", target)) == tiny.sha256(client.call("VDI.get_uuid", vdi))
+
+
+def test_failed_import_task_is_reported(tiny, client):
+    _, vdi = snapshot_disk(client)
+    tiny.fault(path="/import_raw_vdi", action="fail_task", error=["VDI_IO_ERROR", "Device I/O errors"])
+    with pytest.raises(TransferError) as e:
+        put_stream(client, "/import_raw_vdi", io.BytesIO(bytes(4096)), 4096, "import of a test disk", vdi=vdi)
+    assert e.value.code == "VDI_IO_ERROR"
