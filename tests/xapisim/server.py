@@ -163,6 +163,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     sim: Simulator = None
 
     def setup(self):
+        # Headers and body go out in separate writes: without this, Nagle plus the client's delayed
+        # ACK add 40 ms to every XML-RPC call.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if isinstance(self.request, ssl.SSLSocket):
             self.request.settimeout(30)
             self.request.do_handshake()
