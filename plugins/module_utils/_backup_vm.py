@@ -14,6 +14,7 @@ from ._vhd_stream_read import VhdStreamReader
 from ._vm_selection import NO_BACKUP_DISK_PREFIX
 from ._xapi_errors import XapiError
 from ._xapi_http import ExportStream
+from ._xo_layout import metadata_path
 from ._xo_metadata import build_delta_metadata, build_full_metadata, vdi_record, vif_record
 
 NULL_REF = "OpaqueRef:NULL"
@@ -97,8 +98,7 @@ class VmBackup:
         self._drop_leftovers()
         base, chain, reason = self._choose_base()
         self._phase("snapshot")
-        # Milliseconds, XO's unit; whole seconds because file names carry seconds only.
-        when = int(self.clock()) * 1000
+        when = self._backup_time()
         ignore = self._nobak_vdis()
         snap = snapshots.take(
             self.client,
@@ -141,6 +141,17 @@ class VmBackup:
                     # The new backup is safe; only the clean-up failed, and the next run retries it.
                     t.fail("retention", e)
         self.result["retention"] = {t.label: getattr(t, "retention", None) for t in self.targets}
+
+    def _backup_time(self):
+        """This backup's timestamp: ms (XO's unit), whole seconds (file names carry seconds), and after
+        any backup of the VM already on a remote, so that two quick runs never share a file name."""
+        for _ in range(3):
+            now = int(self.clock())
+            taken = any(t.storage.exists(metadata_path(self.uuid, now * 1000)) for t in self.targets if t.ok)
+            if not taken:
+                return now * 1000
+            time.sleep(max(0.05, now + 1 - time.time()))
+        raise VmBackupError(f"a backup of VM {self.name!r} with this timestamp already exists on a remote")
 
     def _phase(self, phase):
         self.deadline.check()

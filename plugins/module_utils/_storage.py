@@ -1,4 +1,4 @@
-"""The storage contract every backup remote implements (file now; NFS, SMB, S3 later).
+"""The storage contract every backup remote implements: file, NFS, SMB and S3.
 
 Paths are relative to the remote root, ``/``-separated (``xo-vm-backups/<vm>/<ts>.json``); a leading
 ``/`` is tolerated, ``..`` is refused. The backup engine only talks to :class:`Storage`, so adding a
@@ -364,15 +364,26 @@ def _load_file():
     return FileStorage
 
 
-_NOT_YET = {
-    "nfs": "NFS remotes are not supported yet: mount the export on the proxy and use file:///<mount point>.",
-    "smb": "SMB remotes are not supported yet: mount the share on the proxy (mount -t cifs) and use "
-    "file:///<mount point>.",
-    "s3": "S3 remotes are not supported yet.",
-}
+def _load_nfs():
+    from ansible_collections.xapi.proxy.plugins.module_utils._storage_nfs import NfsStorage  # noqa: PLC0415
+
+    return NfsStorage
+
+
+def _load_smb():
+    from ansible_collections.xapi.proxy.plugins.module_utils._storage_smb import SmbStorage  # noqa: PLC0415
+
+    return SmbStorage
+
+
+def _load_s3():
+    from ansible_collections.xapi.proxy.plugins.module_utils._storage_s3 import S3Storage  # noqa: PLC0415
+
+    return S3Storage
+
 
 # scheme -> loader returning the Storage subclass; later backends plug in here.
-_BACKENDS: Dict[str, Callable[[], type]] = {"file": _load_file}
+_BACKENDS: Dict[str, Callable[[], type]] = {"file": _load_file, "nfs": _load_nfs, "smb": _load_smb, "s3": _load_s3}
 
 
 def open_remote(
@@ -388,6 +399,5 @@ def open_remote(
         remote = remote.with_credentials(credentials)
     loader = _BACKENDS.get(remote.type)
     if loader is None:
-        message = _NOT_YET.get(remote.type, f"{remote.type} remotes are not supported.")
-        raise NotSupportedError(f"cannot open {remote.redacted()}: {message}")
+        raise NotSupportedError(f"cannot open {remote.redacted()}: {remote.type} remotes are not supported.")
     return loader()(remote, **options)
