@@ -25,7 +25,7 @@ from ._xo_layout import (
     xva_checksum_path,
     xva_path,
 )
-from ._xo_metadata import XvaChecksum, dump_metadata
+from ._xo_metadata import dump_metadata
 from ._xva_read import xva_quick_check
 
 # A stale lock (its holder died) is taken over after LOCK_STALE_SECONDS: wait a little longer.
@@ -112,31 +112,32 @@ class Target:
 
 
 class XvaSink:
-    """``<ts>.xva`` being written to one target, with its MD5 for ``<ts>.xva.checksum``."""
+    """``<ts>.xva`` being written to one target; the MD5 for ``<ts>.xva.checksum`` is computed once
+    for all targets by the caller (they all store the same bytes)."""
 
     def __init__(self, target, when):
         self.target = target
         self.when = when
-        self.checksum = XvaChecksum()
+        self.written = 0
         self.stream = target.storage.open_write(xva_path(target.vm_uuid, when), overwrite=False)
 
     def write(self, data):
         self.stream.write(data)
-        self.checksum.update(data)
+        self.written += len(data)
         self.target.bytes_written += len(data)
 
-    def commit(self, compressed):
+    def commit(self, checksum, compressed):
         self.stream.commit()
         path = xva_path(self.target.vm_uuid, self.when)
         size = self.target.storage.stat(path).size
-        if size != self.checksum.size:
-            raise TargetError(f"{path} holds {size} bytes but {self.checksum.size} were written")
+        if size != self.written or size != checksum.size:
+            raise TargetError(f"{path} holds {size} bytes but {self.written} were written")
         if not compressed:
             with self.target.storage.open_read(path) as fh:
                 problems = xva_quick_check(fh, size)
             if problems:
                 raise TargetError(f"{path} is not a complete XVA: {'; '.join(problems)}")
-        self.target.storage.write_bytes(xva_checksum_path(self.target.vm_uuid, self.when), self.checksum.text.encode())
+        self.target.storage.write_bytes(xva_checksum_path(self.target.vm_uuid, self.when), checksum.text.encode())
         return size
 
     def abort(self):
@@ -186,4 +187,3 @@ class VhdSink:
     def abort(self):
         with contextlib.suppress(Exception):
             self.stream.abort()
-

@@ -7,6 +7,7 @@ import time
 
 from . import _backup_snapshots as snapshots
 from ._backup_clean import apply_retention
+from ._backup_pipeline import WriterThread
 from ._backup_targets import Target, TargetError, VhdSink, XvaSink
 from ._storage import StorageError
 from ._vhd_errors import VhdError
@@ -15,7 +16,7 @@ from ._vm_selection import NO_BACKUP_DISK_PREFIX
 from ._xapi_errors import XapiError
 from ._xapi_http import ExportStream
 from ._xo_layout import metadata_path
-from ._xo_metadata import build_delta_metadata, build_full_metadata, vdi_record, vif_record
+from ._xo_metadata import XvaChecksum, build_delta_metadata, build_full_metadata, vdi_record, vif_record
 
 NULL_REF = "OpaqueRef:NULL"
 USE_COMPRESSION = {None: "false", "gzip": "true", "zstd": "zstd"}
@@ -225,21 +226,25 @@ class VmBackup:
                     except StorageError as e:
                         t.fail("opening the XVA file", e)
             self._require_targets()
+            checksum = XvaChecksum()
             try:
-                while True:
-                    data = stream.read()
-                    if not data:
-                        break
-                    self._count(len(data))
-                    self._fan_out(sinks, lambda s, d=data: s.write(d), "writing the XVA")
-                    self.deadline.check()
+                # Hashing and writing each get a thread: with reading, three streams of work at once.
+                with WriterThread(name="xapi-proxy-md5") as hasher, WriterThread() as writer:
+                    while True:
+                        data = stream.read()
+                        if not data:
+                            break
+                        self._count(len(data))
+                        hasher.submit(lambda d=data: checksum.update(d))
+                        writer.submit(lambda d=data: self._fan_out(sinks, lambda s: s.write(d), "writing the XVA"))
+                        self.deadline.check()
             except BaseException:
                 for s in sinks.values():
                     s.abort()
                 raise
         for t, sink in sinks.items():
             try:
-                size = sink.commit(compressed=self.spec.compression is not None)
+                size = sink.commit(checksum, compressed=self.spec.compression is not None)
                 md = build_full_metadata(
                     job_id=self.spec.job_id,
                     schedule_id=self.spec.schedule_id,
@@ -346,12 +351,14 @@ class VmBackup:
                     except StorageError as e:
                         t.fail(f"opening the VHD of {label}", e)
             self._require_targets()
+            step = f"writing the VHD of {label}"
             try:
-                for index, data in reader.blocks():
-                    if index * reader.block_size >= reader.virtual_size:
-                        continue
-                    self._fan_out(sinks, lambda s, i=index, d=data: s.block(i, d), f"writing the VHD of {label}")
-                    self.deadline.check()
+                with WriterThread() as writer:
+                    for index, data in reader.blocks():
+                        if index * reader.block_size >= reader.virtual_size:
+                            continue
+                        writer.submit(lambda i=index, d=data: self._fan_out(sinks, lambda s: s.block(i, d), step))
+                        self.deadline.check()
                 # Drain to EOF so the task's verdict is read: a cut stream must not pass as complete.
                 while counted.read():
                     pass

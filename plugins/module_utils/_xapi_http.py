@@ -13,7 +13,8 @@ import re
 from ._xapi_errors import CONNECTION_ERRORS, XapiConnectionError, XapiError, describe_failure
 from ._xapi_tasks import wait_for_task
 
-READ_SIZE = 1 << 20
+# Large reads: each urllib3/TLS read call has a fixed cost that small reads multiply.
+READ_SIZE = 4 << 20
 # How long xapi may take to mark a task finished once it has sent the last byte.
 TASK_SETTLE_TIMEOUT = 120
 _SERVER_ERROR = re.compile(r"Server_error\((\w+), \[ ?(.*?) ?\]\)")

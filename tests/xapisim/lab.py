@@ -260,12 +260,14 @@ def seed_disk(sim, vdi, disk, rng, boot):
         sim.storage.write(node, 0, bytes(mbr), track=False)
     for region in disk.get("seed", []):
         offset = size(region.get("offset", 0), "seed offset")
-        length = size(region["random"], "seed length") if "random" in region else 0
-        data = rng.randbytes(length) if length else region.get("text", "").encode()
-        if offset + len(data) > virtual:
-            raise ValueError(f"seed region at {offset} (+{len(data)}) is beyond the disk's {virtual} bytes")
-        for pos in range(0, len(data), 4 << 20):
-            sim.storage.write(node, offset + pos, data[pos : pos + (4 << 20)], track=False)
+        length = size(region["random"], "seed length") if "random" in region else len(region.get("text", ""))
+        if offset + length > virtual:
+            raise ValueError(f"seed region at {offset} (+{length}) is beyond the disk's {virtual} bytes")
+        if "random" not in region:
+            sim.storage.write(node, offset, region.get("text", "").encode(), track=False)
+            continue
+        for pos in range(0, length, 4 << 20):  # in pieces: a whole region would not fit in memory
+            sim.storage.write(node, offset + pos, rng.randbytes(min(4 << 20, length - pos)), track=False)
     from .ops_vdi import sync_sr  # noqa: PLC0415
 
     sync_sr(sim, sim.db.field("VDI", vdi, "SR"))

@@ -121,33 +121,16 @@ class Storage:
             self._save()
 
     def _collect(self, nid):
+        # Nodes nobody reads go at once; a node still under a child stays, as on an SR whose
+        # garbage collector has not coalesced it yet (xapi coalesces in the background, never in
+        # the VDI.destroy call itself, so the call stays fast whatever the disk holds).
         while nid is not None and nid in self.nodes:
             node = self.nodes[nid]
-            if node.refs > 0:
-                return
-            kids = self.children(nid)
-            if len(kids) > 1:
+            if node.refs > 0 or self.children(nid):
                 return
             parent = node.parent
-            if len(kids) == 1:
-                self._coalesce_into(node, kids[0])
             self._delete(node)
             nid = parent
-
-    def _coalesce_into(self, node, child):
-        # The child inherits the parent's blocks it does not override, and its changed-block log.
-        for b in node.blocks():
-            if not child.allocated(b):
-                data = os.pread(node.open(), BLOCK, b * BLOCK)
-                os.pwrite(child.open(), data, b * BLOCK)
-                self._mark(child, b)
-        if node.cbt:
-            merged = bytearray(max(len(node.cbt), len(child.cbt)))
-            for i in range(len(merged)):
-                merged[i] = (node.cbt[i] if i < len(node.cbt) else 0) | (child.cbt[i] if i < len(child.cbt) else 0)
-            child.cbt = merged
-            child.cbt_path.write_bytes(bytes(merged))
-        child.parent = node.parent
 
     def _delete(self, node):
         self._used[node.sr] = self._used.get(node.sr, 0) - len(node.blocks()) * BLOCK
