@@ -29,4 +29,4 @@ def _expose_collection():
 
 _expose_collection()
 
-pytest_plugins = ["xapisim.pytest_plugin"]
+pytest_plugins = ["xapisim.pytest_plugin", "servers"]

@@ -29,7 +29,6 @@ from ansible_collections.xapi.proxy.plugins.module_utils._storage import (
     AlreadyExistsError,
     LockedError,
     NotFoundError,
-    NotSupportedError,
     PermissionDeniedError,
     ReadStream,
     RemoteFullError,
@@ -309,11 +308,11 @@ def test_killed_writer_never_publishes(backend, store):
         with child(backend, action="write_forever", path=path) as proc:
             wait_line(proc, "READY")
             time.sleep(0.5)  # past the first part: the multipart upload is under way
-            assert store.list("", missing_ok=True) == [] and not store.exists(path)
+            assert store.list(f"xo-vm-backups/{VM}", missing_ok=True) == [] and not store.exists(path)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
         assert proc.returncode == -signal.SIGKILL
-        assert store.list("", missing_ok=True) == [] and not store.exists(path)
+        assert store.list(f"xo-vm-backups/{VM}", missing_ok=True) == [] and not store.exists(path)
         return
     with child(backend, action="write_forever", path=path) as proc:
         wait_line(proc, "READY")
