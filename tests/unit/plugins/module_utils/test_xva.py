@@ -265,7 +265,7 @@ def test_verify_healthy_small_archive():
     ("archive", "expected"),
     # Stable ids (the expected text): pytest-xdist workers must collect the same names.
     ids=lambda v: v if isinstance(v, str) else "archive",
-    [
+    argvalues=[
         (small_archive([("Ref:1/00000000", b"\x01" * MiB)]), "last chunk 00000002 is missing"),
         (small_archive([("Ref:1/00000002", b"\x02" * 100)]), "first chunk 00000000 is missing"),
         (small_archive([("Ref:1/00000002", b"\x02" * 100), ("Ref:1/00000000", b"\x01" * MiB)]), "comes after"),
