@@ -109,15 +109,3 @@ def _ltr(value):
     except (RetentionError, ValueError) as e:
         raise JobSpecError(f"long_term_retention: {e}") from None
     return rules or None, timezone
-
-
-def selection_argument_spec():
-    """The VM selection options (documented in the ``_vm_selection`` doc fragment)."""
-    return {
-        "names": {"type": "list", "elements": "str"},
-        "uuids": {"type": "list", "elements": "str"},
-        "tags": {"type": "list", "elements": "str"},
-        "exclude_tags": {"type": "list", "elements": "str"},
-        "power_states": {"type": "list", "elements": "str"},
-        "query": {"type": "str"},
-    }

@@ -264,10 +264,7 @@ schedule_id:
 
 from ansible_collections.xapi.proxy.plugins.module_utils._backup_job import BackupJob
 from ansible_collections.xapi.proxy.plugins.module_utils._backup_progress import DEFAULT_DIR, JobRunningError
-from ansible_collections.xapi.proxy.plugins.module_utils._backup_spec import (
-    JobSpec,
-    selection_argument_spec,
-)
+from ansible_collections.xapi.proxy.plugins.module_utils._backup_spec import JobSpec
 from ansible_collections.xapi.proxy.plugins.module_utils._backup_spec import (
     argument_spec as job_argument_spec,
 )
@@ -276,6 +273,9 @@ from ansible_collections.xapi.proxy.plugins.module_utils._remote_options import 
     argument_spec as remote_argument_spec,
 )
 from ansible_collections.xapi.proxy.plugins.module_utils._remote_options import secrets_of
+from ansible_collections.xapi.proxy.plugins.module_utils._vm_selection import (
+    argument_spec as selection_argument_spec,
+)
 
 
 def main():
