@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 import traceback
 from typing import Any, Dict, List
-from urllib.parse import unquote
 
 from ._backup_progress import DEFAULT_DIR, read_progress
 from ._backup_verify import BackupVerifier
 from ._remote_options import argument_spec as remote_argument_spec
-from ._remote_options import resolve, secrets_of
+from ._remote_options import resolve, secrets_of, url_passwords
 from ._storage import NotFoundError, StorageError, open_remote
 from ._xapi_url import redact_secrets
 from ._xo_layout import format_filename_date, is_uuid, job_id_from_name, normalize_backup_id
@@ -55,17 +54,6 @@ def errors_to_fail_json(module, secrets=()):
             msg=redact_secrets(f"Unexpected error: {type(e).__name__}: {e}", secrets),
             exception=redact_secrets(traceback.format_exc(), secrets),
         )
-
-
-def url_passwords(value):
-    """Passwords written inside a remote URL option (``smb://user:pw@…``), as typed and decoded."""
-    if not value or "://" not in value or "@" not in value:
-        return []
-    userinfo = value.split("://", 1)[1].rsplit("@", 1)[0]
-    if ":" not in userinfo:
-        return []
-    password = userinfo.split(":", 1)[1]
-    return [s for s in {password, unquote(password)} if s]
 
 
 def _text(params, name, what):
@@ -229,4 +217,4 @@ def summarize(backups: List[Dict[str, Any]], verified: bool) -> List[Dict[str, A
 
 def secrets(params) -> List[str]:
     """Values to mask in messages before the remote is resolved: the password option and URL passwords."""
-    return [*secrets_of(params), *url_passwords(params.get("remote"))]
+    return secrets_of(params, params.get("remote"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from urllib.parse import unquote
 
 from ._remote_url import Credentials, RemoteUrlError, parse
 from ._storage import open_remote
@@ -80,6 +81,24 @@ def open_storage(value, params, **options):
     return open_remote(remote, **options)
 
 
-def secrets_of(params):
-    """Values to mask in messages: the remote password given as an option."""
-    return [s for s in (params.get("remote_password"),) if s]
+def url_passwords(value):
+    """Passwords written inside a remote URL option (``smb://user:pw@…``), as typed and decoded."""
+    if not value or "://" not in value or "@" not in value:
+        return []
+    userinfo = value.split("://", 1)[1].rsplit("@", 1)[0]
+    if ":" not in userinfo:
+        return []
+    password = userinfo.split(":", 1)[1]
+    return [s for s in {password, unquote(password)} if s]
+
+
+def secrets_of(params, *values):
+    """Values to mask in all output: the remote password option and passwords inside ``values`` (URLs).
+
+    Modules add them to ``no_log_values`` so that Ansible masks them in results and in the
+    ``invocation`` it echoes, since a URL option itself cannot be ``no_log``.
+    """
+    out = [s for s in (params.get("remote_password"),) if s]
+    for value in values:
+        out += url_passwords(value)
+    return out

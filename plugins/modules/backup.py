@@ -287,7 +287,8 @@ def main():
         "progress_dir": {"type": "path", "default": DEFAULT_DIR},
     }
     module = XapiModule(argument_spec=spec, supports_check_mode=True, libraries=("XenAPI", "requests", "jmespath"))
-    secrets = secrets_of(module.params)
+    secrets = secrets_of(module.params, *(module.params["remotes"] or []))
+    module.no_log_values.update(secrets)
     with module.errors_to_fail_json(secrets):
         job_spec = JobSpec(module.params)
         job = BackupJob(job_spec, module.params, module.connection_options())

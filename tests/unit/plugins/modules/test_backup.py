@@ -310,3 +310,43 @@ def test_remote_full_is_a_clear_error(tiny, tmp_path):
         (vm,) = run.result["vms"]
         assert "full" in vm["error"].lower() or "space" in vm["error"].lower(), vm["error"]
         assert not list(Path(small).rglob("*.json"))
+
+
+def test_demo_lab_by_tag_skips_no_bak_vms_and_nobak_disks(sim, tmp_path):
+    """The demo lab itself: select by tag, two runs with a guest write, restorable content."""
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    base = {**args(sim, remote, tmp_path), "tags": ["web", "test"]}
+    base.pop("names")
+    rc, result = run_module("backup", base)
+    assert rc == 0, result
+    assert [v["name"] for v in result["vms"]] == ["web-01"], "test-01 carries xo:no-bak"
+    web = result["vms"][0]
+    md = metadata(remote, web["backup_id"])
+    assert [v["name_label"] for v in md["vdis"].values()] == ["web-01 root"], "the [NOBAK] disk is left out"
+    disks = vm_disks(sim, "web-01")
+    sim.write(disks["0"], os.urandom(3 * MiB), offset=1500 * MiB)
+    rc, result = run_module("backup", base)
+    assert rc == 0, result
+    second = result["vms"][0]
+    assert second["mode"] == "incremental"
+    # The newest snapshot is kept as the next base: what the remote holds must hash like it.
+    newest = metadata(remote, second["backup_id"])
+    assert remote_disk_hashes(remote, second["backup_id"]) == snapshot_hashes(sim, newest)
+
+
+def test_unreachable_remote_is_a_clear_error_before_any_snapshot(tiny, tmp_path):
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    run = run_module(
+        "backup",
+        {**args(tiny, tmp_path / "unused", tmp_path), "remotes": [f"s3+http://key:secret@127.0.0.1:{port}/bucket"]},
+    )
+    assert run.rc != 0
+    (vm,) = run.result["vms"]
+    assert "127.0.0.1" in vm["error"] and "secret" not in run.output
+    with tiny.xapi() as x:
+        assert x.VM.get_snapshots(x.VM.get_by_name_label("tiny-01")[0]) == []
