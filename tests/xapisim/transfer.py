@@ -412,12 +412,14 @@ class Transfers:
         h.wfile.flush()
         created = []
         try:
-            if fault and fault.action == "fail_task":
-                raise fault.as_error()
-            return XvaImport(self.server, sr, restore, force, task, created).run(body)
-        except CutStream:
-            raise ApiError("IMPORT_ERROR_PREMATURE_EOF") from None
+            try:
+                if fault and fault.action == "fail_task":
+                    raise fault.as_error()
+                return XvaImport(self.server, sr, restore, force, task, created).run(body)
+            except CutStream:
+                raise ApiError("IMPORT_ERROR_PREMATURE_EOF") from None
         except BaseException:
+            # xapi discards what a failed import created (unless force=true).
             if not force:
                 self._cleanup(created)
             raise

@@ -1,0 +1,128 @@
+"""Which backup to restore: a backup id, or a VM (UUID or name as backed up) and a point in time.
+
+A backup id is the metadata file's path relative to the remote root,
+``xo-vm-backups/<vm uuid>/<YYYYMMDDTHHMMSSZ>.json``, as ``backup_info`` returns it; Xen Orchestra's
+``_filename`` (leading ``/``) and its ``<remote id>//…`` form are accepted too.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from typing import List, Optional
+
+from ._restore_errors import BackupNotFoundError, RestoreError, RestoreInputError
+from ._storage import NotFoundError, StorageError
+from ._xo_layout import format_filename_date, is_uuid, normalize_backup_id, parse_filename_date, to_ms
+from ._xo_listing import BackupInfo, backup_info, list_backups
+from ._xo_metadata import MetadataError, parse_metadata
+
+LATEST = "latest"
+_FILENAME_DATE = re.compile(r"^\d{8}T\d{6}Z$")
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_EPOCH_MS = re.compile(r"^\d{10,}$")
+_AT_FORMS = (
+    "'latest', a backup date as in file names (20240618T020003Z), an ISO 8601 date and time "
+    "(2024-06-18T02:00:03Z; no offset means UTC), a date alone (2024-06-18: the end of that day, UTC) "
+    "or a timestamp in milliseconds (1718676003123)"
+)
+
+
+def parse_at(value) -> Optional[int]:
+    """The ``at`` option as a timestamp in milliseconds (inclusive bound), or ``None`` for the latest backup."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text or text.lower() == LATEST:
+        return None
+    try:
+        if _FILENAME_DATE.match(text):
+            return to_ms(parse_filename_date(text)) + 999  # the file name drops the milliseconds
+        if _EPOCH_MS.match(text):
+            return int(text)
+        if _DATE_ONLY.match(text):
+            day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+            return to_ms(day + timedelta(days=1)) - 1
+        iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+        when = datetime.fromisoformat(iso.replace(" ", "T", 1))
+    except ValueError:
+        raise RestoreInputError(f"at={text!r} is not a point in time: use {_AT_FORMS}.") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return to_ms(when)
+
+
+def load_backup(storage, backup_id) -> BackupInfo:
+    """The backup whose metadata is at ``backup_id`` (any accepted spelling), read fresh from the remote."""
+    try:
+        bid = normalize_backup_id(backup_id)
+    except ValueError as e:
+        raise RestoreInputError(
+            f"backup={backup_id!r} is not a backup id: expected xo-vm-backups/<vm uuid>/<YYYYMMDDTHHMMSSZ>.json "
+            "(as backup_info returns it)."
+        ) from e
+    try:
+        data = storage.read_bytes(bid)
+    except NotFoundError:
+        raise BackupNotFoundError(_missing_message(storage, bid)) from None
+    except StorageError as e:
+        raise RestoreError(f"Cannot read backup {bid}: {e}") from None
+    try:
+        return backup_info(bid, parse_metadata(data, bid))
+    except MetadataError as e:
+        raise RestoreError(f"Backup {bid} cannot be restored: its metadata is invalid ({e})") from None
+
+
+def _missing_message(storage, bid):
+    vm_uuid = bid.split("/")[1]
+    try:
+        others = list_backups(storage, vm_uuid).backups.get(vm_uuid, [])
+    except (StorageError, MetadataError):
+        others = []
+    where = f"on {storage.display}"
+    if not others:
+        return f"No backup {bid} {where}, and no other backup of VM {vm_uuid} either: check the id and the remote."
+    dates = ", ".join(format_filename_date(b.timestamp) for b in others[-5:])
+    return f"No backup {bid} {where}; VM {vm_uuid} has {len(others)} backup(s), the newest dated {dates}."
+
+
+def find_backup(storage, vm, at=None) -> BackupInfo:
+    """The newest backup of ``vm`` (UUID, or name as backed up) not after ``at`` (ms; ``None``: the latest)."""
+    vm = (vm or "").strip()
+    if not vm:
+        raise RestoreInputError("vm must name a VM (its UUID or its name as backed up).")
+    try:
+        listing = list_backups(storage, vm) if is_uuid(vm) else list_backups(storage)
+    except StorageError as e:
+        raise RestoreError(f"Cannot list the backups on {storage.display}: {e}") from None
+    if is_uuid(vm):
+        candidates = listing.backups.get(vm, [])
+        label = f"VM {vm}"
+    else:
+        by_vm = {u: bs for u, bs in listing.backups.items() if any(b.vm_name == vm for b in bs)}
+        if len(by_vm) > 1:
+            uuids = ", ".join(sorted(by_vm))
+            raise RestoreInputError(
+                f"Several backed-up VMs are named {vm!r} on {storage.display} (UUIDs {uuids}): give vm as a UUID."
+            )
+        candidates = next(iter(by_vm.values()), [])
+        label = f"VM {vm!r}"
+    if not candidates:
+        names = sorted({b.vm_name for bs in listing.backups.values() for b in bs})
+        known = f" Backed-up VMs there: {', '.join(names[:20])}." if names else " It holds no VM backup."
+        raise BackupNotFoundError(f"No backup of {label} on {storage.display}.{known}")
+    eligible: List[BackupInfo] = [b for b in candidates if at is None or b.timestamp <= at]
+    if not eligible:
+        oldest = format_filename_date(candidates[0].timestamp)
+        raise BackupNotFoundError(
+            f"No backup of {label} dated at or before {format_filename_date(at)}; the oldest is from {oldest}."
+        )
+    return max(eligible, key=lambda b: (b.timestamp, b.id))
+
+
+def select_backup(storage, backup_id=None, vm=None, at=None) -> BackupInfo:
+    """One of: ``backup_id``, or ``vm`` with ``at`` (the option's text, or ms)."""
+    if backup_id:
+        return load_backup(storage, backup_id)
+    when = at if isinstance(at, int) or at is None else parse_at(at)
+    return find_backup(storage, vm, when)

@@ -1,0 +1,215 @@
+"""xapi.proxy.restore run as Ansible runs it (a subprocess reading an args file), against the simulator.
+
+One tiny lab and one remote serve the whole module: backups laid out by Xen Orchestra
+(tests/xo_fixtures.py) of tiny-01: two incremental runs, a full one, then an incremental one taken
+after its boot sector was wiped (it restores, but does not boot).
+"""
+
+import json
+import subprocess
+
+import pytest
+from module_runner import COLLECTIONS, module_env
+from xo_fixtures import TINY_LAB, XoJob, make_remote
+
+from ansible_collections.xapi.proxy.plugins.module_utils._remote_options import argument_spec as remote_spec
+from ansible_collections.xapi.proxy.plugins.module_utils._restore_options import argument_spec
+from ansible_collections.xapi.proxy.plugins.module_utils._xapi_options import argument_spec as connection_spec
+from xapisim.pytest_plugin import SimHandle
+
+MIB = 1 << 20
+REMOTE_PASSWORD = "rem0te-Secret-pw"  # noqa: S105 - a test value that must never be printed
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    base = tmp_path_factory.mktemp("restore-module")
+    sim = SimHandle(TINY_LAB, base / "state").start()
+    remote = make_remote("file", base)
+    with XoJob(sim, remote) as job:
+        backups = {"delta1": job.delta("tiny-01"), "delta2": job.delta("tiny-01"), "full": job.full("tiny-01")}
+        job.guest_write("tiny-01", 0, bytes(MIB), 0)
+        backups["unbootable"] = job.delta("tiny-01")
+    yield sim, remote, backups
+    remote.close()
+    sim.stop()
+
+
+@pytest.fixture
+def args(lab):
+    sim, remote, _ = lab
+    return {"hostname": sim.url, "password": sim.password, "ca_path": str(sim.ca_path), "remote": remote.url,
+            "sr": "Local storage"}  # fmt: skip
+
+
+def vms_named(sim, name):
+    with sim.xapi() as x:
+        return x.VM.get_by_name_label(name)
+
+
+def assert_clean_failure(run, *fragments):
+    """Failed through fail_json (rc 1, JSON, a message), not with a traceback."""
+    assert run.rc == 1, run
+    assert run.result is not None and run.result.get("failed") is True, run
+    assert "Traceback" not in run.output, run
+    assert "exception" not in run.result, run
+    for fragment in fragments:
+        assert fragment in run.result["msg"], run.result["msg"]
+
+
+def test_restore_then_again_changes_nothing(run_module, lab, args):
+    sim, _, backups = lab
+    first = backups["delta1"]
+    run = run_module("restore", {**args, "vm": "tiny-01", "at": first.date, "name": "again", "tags": ["t1"]})
+    assert run.rc == 0, run
+    assert run.result["changed"] is True and run.result["already_restored"] is False
+    assert run.result["backup"]["id"] == first.id and run.result["vm"]["name_label"] == "again"
+    assert run.result["bytes_transferred"] == run.result["plan"]["bytes_to_transfer"] > 0
+    assert "diff" not in run.result
+    (ref,) = vms_named(sim, "again")
+    with sim.xapi() as x:
+        assert x.VM.get_uuid(ref) == run.result["vm"]["uuid"] and "t1" in x.VM.get_tags(ref)
+    run = run_module("restore", {**args, "backup": first.id, "name": "again", "tags": ["t1"]})
+    assert run.rc == 0, run
+    assert (run.result["changed"], run.result["already_restored"]) == (False, True)
+    with sim.xapi() as x:
+        assert run.result["vm"]["uuid"] == x.VM.get_uuid(ref)
+    assert len(vms_named(sim, "again")) == 1
+
+
+def test_check_mode_and_diff_create_nothing(run_module, lab, args):
+    sim, _, backups = lab
+    check = {"_ansible_check_mode": True, "_ansible_diff": True}
+    run = run_module("restore", {**args, "vm": "tiny-01", "at": "latest", "name": "checked", **check})
+    assert run.rc == 0, run
+    assert run.result["changed"] is True and run.result["vm"]["uuid"] is None
+    assert run.result["backup"]["id"] == backups["unbootable"].id
+    assert run.result["diff"]["before"] == {} and run.result["diff"]["after"]["vm"] == "checked"
+    assert [d["position"] for d in run.result["diff"]["after"]["disks"]] == ["0", "1"]
+    assert vms_named(sim, "checked") == []
+
+
+def test_full_backup_with_start(run_module, lab, args):
+    sim, _, backups = lab
+    run = run_module("restore", {**args, "backup": backups["full"].id, "name": "full-started", "start": True})
+    assert run.rc == 0, run
+    assert run.result["checksum"] == "verified" and run.result["vm"]["power_state"] == "Running"
+    with sim.xapi() as x:
+        (ref,) = x.VM.get_by_name_label("full-started")
+        x.VM.hard_shutdown(ref)
+
+
+def test_health_check_passes_and_fails(run_module, lab, args):
+    sim, _, backups = lab
+    with sim.xapi() as x:
+        before = len(x.VM.get_all())
+    run = run_module("restore", {**args, "backup": backups["delta2"].id, "health_check": {"timeout": 10}})
+    assert run.rc == 0, run
+    assert run.result["changed"] is False and run.result["health_check"]["status"] == "success"
+    run = run_module("restore", {**args, "backup": backups["unbootable"].id, "health_check": {"timeout": 1}})
+    assert_clean_failure(run, "never reported PV drivers")
+    assert run.result["health_check"]["status"] == "failure" and run.result["health_check"]["cleaned_up"] is True
+    with sim.xapi() as x:
+        assert len(x.VM.get_all()) == before
+    run = run_module(
+        "restore", {**args, "backup": backups["delta2"].id, "health_check": {}, "_ansible_check_mode": True}
+    )
+    assert run.rc == 0 and run.result["health_check"]["status"] == "skipped", run
+
+
+BAD_INPUT = [
+    ({"vm": "tiny-01", "remote": "ftp://host/backups"}, ["ftp"]),
+    ({"vm": "tiny-01", "remote": "file:///nonexistent/backups"}, ["Cannot open the remote", "does not exist"]),
+    ({"vm": "tiny-01", "remote": "not a remote!"}, ["neither a remote URL"]),
+    ({"vm": "tiny-01", "remote": "nas1"}, ["no remote named 'nas1' is registered"]),
+    ({"backup": "web-01.json"}, ["is not a backup id"]),
+    ({"backup": "xo-vm-backups/11111111-1111-4111-8111-111111111111/20240618T020003Z.json"}, ["No backup"]),
+    ({"vm": "ghost"}, ["No backup of VM 'ghost'", "tiny-01"]),
+    ({"vm": " "}, ["vm must name a VM"]),
+    ({"vm": "tiny-01", "at": "yesterday"}, ["at='yesterday' is not a point in time"]),
+    ({"vm": "tiny-01", "at": "2020-01-01"}, ["No backup of VM 'tiny-01' dated at or before 20200101T235959Z"]),
+    ({"backup": "x", "vm": "tiny-01"}, ["mutually exclusive", "backup", "vm"]),
+    ({"backup": "x", "at": "latest"}, ["mutually exclusive", "at"]),
+    ({}, ["one of the following is required: backup, vm"]),
+    ({"vm": "tiny-01", "sr": "Nope"}, ["sr='Nope' matches no SR of the pool", "'Local storage'"]),
+    ({"vm": "tiny-01", "sr": ""}, ["sr must name the SR"]),
+    ({"vm": "tiny-01", "disk_srs": {"9": "Local storage"}}, ["disk_srs names disks the backup does not have: 9"]),
+    ({"vm": "tiny-01", "disk_srs": {"0": "Nope"}}, ["disk_srs[0]='Nope' matches no SR"]),
+    ({"vm": "tiny-01", "disk_srs": {"0": 5}}, ["disk_srs[0] must be a name or UUID"]),
+    ({"vm": "tiny-01", "disk_srs": "0=x=y"}, ["disk_srs"]),
+    (
+        {"vm": "tiny-01", "network_map": {"Pool-wide network associated with eth0": "nope"}},
+        ["the network 'nope', which the pool does not have"],
+    ),
+    (
+        {"vm": "tiny-01", "network_map": {"nope": "Pool-wide network associated with eth0"}},
+        ["network_map names networks the backup does not have: nope"],
+    ),
+    ({"vm": "tiny-01", "name": " "}, ["name must not be empty"]),
+    ({"vm": "tiny-01", "tags": ["ok", ""]}, ["tags must not contain an empty tag"]),
+    ({"vm": "tiny-01", "health_check": {"timeout": 0}}, ["health_check.timeout must be a positive number"]),
+    ({"vm": "tiny-01", "health_check": {"sr": "Nope"}}, ["health_check.sr='Nope' matches no SR"]),
+    ({"vm": "tiny-01", "health_check": "yes"}, ["dictionary requested"]),  # ansible-core's own wording
+    ({"vm": "tiny-01", "health_check": {"timeout": "soon"}}, ["timeout"]),
+    ({"vm": "tiny-01", "health_check": {}, "start": True}, ["mutually exclusive", "health_check", "start"]),
+    ({"vm": "tiny-01", "force": "maybe"}, ["force", "bool"]),
+    ({"vm": "tiny-01", "start": "maybe"}, ["start", "bool"]),
+    ({"vm": "tiny-01", "new_mac_addresses": "maybe"}, ["new_mac_addresses", "bool"]),
+    ({"vm": "tiny-01", "colour": "blue"}, ["Unsupported parameters", "colour"]),
+    ({"vm": "tiny-01", "remote": None}, ["remote"]),
+]
+
+
+@pytest.mark.parametrize(("override", "fragments"), BAD_INPUT, ids=[str(i) for i in range(len(BAD_INPUT))])
+def test_bad_input_fails_cleanly(run_module, lab, args, override, fragments):
+    sim, _, _ = lab
+    with sim.xapi() as x:
+        before = set(x.VM.get_all())
+    run = run_module("restore", {k: v for k, v in {**args, **override}.items() if v is not None})
+    assert_clean_failure(run, *fragments)
+    with sim.xapi() as x:
+        assert set(x.VM.get_all()) == before
+
+
+def test_disk_srs_on_a_full_backup(run_module, lab, args):
+    _, _, backups = lab
+    run = run_module("restore", {**args, "backup": backups["full"].id, "disk_srs": {"1": None}})
+    assert_clean_failure(run, "disk_srs applies to incremental backups only")
+
+
+def test_no_secret_in_output(run_module, lab, args):
+    sim, remote, backups = lab
+    secret_args = {**args, "remote_username": "backup", "remote_password": REMOTE_PASSWORD}
+    runs = [
+        run_module("restore", {**secret_args, "backup": backups["delta1"].id, "name": "secret-ok"}),
+        run_module("restore", {**secret_args, "backup": backups["delta1"].id, "sr": "Nope"}),
+        run_module("restore", {**args, "vm": "tiny-01", "password": "wrong-Password-1"}),
+        run_module(
+            "restore", {**args, "vm": "tiny-01", "remote": f"smb://backup:{REMOTE_PASSWORD}@EXAMPLE\\\\nas\\share"}
+        ),  # fmt: skip
+    ]
+    assert runs[0].rc == 0 and runs[1].rc == 1 and runs[2].rc == 1 and runs[3].rc == 1, runs
+    assert "wrong user name or password" in runs[2].result["msg"]
+    assert runs[3].result["msg"].startswith("Cannot open the remote smb://backup:***@")
+    for run in runs:
+        for secret in (sim.password, REMOTE_PASSWORD, "wrong-Password-1"):
+            assert secret not in run.output, (secret, run)
+
+
+def test_documentation_matches_the_argument_spec():
+    out = subprocess.run(["ansible-doc", "--json", "xapi.proxy.restore"], check=True, capture_output=True, text=True,
+                         env=module_env({"ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS)}))  # fmt: skip
+    doc = json.loads(out.stdout)["xapi.proxy.restore"]["doc"]
+
+    def compare(spec, options, where):
+        assert sorted(spec) == sorted(options), where
+        for name, s in spec.items():
+            o = options[name]
+            assert o.get("type", "str") == s.get("type", "str"), f"{where}{name}: type"
+            assert o.get("default") == s.get("default"), f"{where}{name}: default"
+            assert o.get("elements") == s.get("elements"), f"{where}{name}: elements"
+            assert bool(o.get("required")) == bool(s.get("required")), f"{where}{name}: required"
+            if "options" in s:
+                compare(s["options"], o["suboptions"], f"{where}{name}.")
+
+    compare({**connection_spec(), **remote_spec(), **argument_spec()}, doc["options"], "")
