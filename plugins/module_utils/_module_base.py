@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ._storage import StorageError
 from ._xapi_client import XapiClient
 from ._xapi_errors import XapiError
 from ._xapi_options import ConnectionOptions
@@ -122,6 +123,9 @@ class XapiModule(AnsibleModule):
             yield
         except XapiError as e:
             self.fail_json(msg=str(e), **e.result())
+        except StorageError as e:
+            # A remote that is full, unreachable or refuses us: the message already says which and why.
+            self.fail_json(msg=redact_secrets(str(e), secrets))
         except INPUT_ERRORS as e:
             self.fail_json(msg=redact_secrets(str(e), secrets))
         except Exception as e:
