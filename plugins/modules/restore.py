@@ -378,7 +378,9 @@ def main():
         mutually_exclusive=MUTUALLY_EXCLUSIVE,
         required_one_of=REQUIRED_ONE_OF,
     )
-    secrets = secrets_of(module.params)
+    # Passwords typed inside the remote URL too: Ansible echoes the URL option in ``invocation``.
+    secrets = secrets_of(module.params, module.params.get("remote"))
+    module.no_log_values.update(secrets)
 
     def add_secret(value):
         module.no_log_values.add(value)
