@@ -169,14 +169,18 @@ class Storage:
         return ZERO_BLOCK
 
     def read(self, nid, offset, length):
-        out = bytearray()
+        """``length`` bytes at ``offset``, reading only that range from the node that holds each block."""
+        chain = self.chain(nid)
+        parts = []
         while length > 0:
             b, within = divmod(offset, BLOCK)
             n = min(length, BLOCK - within)
-            out += self.read_block(nid, b)[within : within + n]
+            owner = next((node for node in chain if node.allocated(b)), None)
+            data = os.pread(owner.open(), n, offset) if owner is not None else b""
+            parts.append(data if len(data) == n else data + bytes(n - len(data)))
             offset += n
             length -= n
-        return bytes(out)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def used(self, sr):
         return self._used.get(sr, 0)

@@ -14,6 +14,7 @@ from .storage import BLOCK, ZERO_BLOCK, NoSpace
 log = logging.getLogger("xapisim.transfer")
 SERVER_HEADER = "xapi/25.6"
 FLUSH_AT = 4 << 20
+BIG_PIECE = 256 << 10
 
 
 class HttpError(Exception):
@@ -40,6 +41,11 @@ class Sink:
     def write(self, data):
         if self.compressor:
             data = self.compressor.feed(data)
+        if len(data) >= BIG_PIECE and not self.compressor:
+            # Large pieces go straight out (after what is buffered): copying them costs more than a write.
+            self.flush()
+            self._send(data)
+            return
         self.buf += data
         if len(self.buf) >= FLUSH_AT:
             self.flush()
@@ -51,6 +57,9 @@ class Sink:
             return
         data = bytes(self.buf)
         self.buf.clear()
+        self._send(data)
+
+    def _send(self, data):
         if self.fault:
             allowed = max(0, self.fault.after_bytes - self.fault.sent) if self.fault.action == "cut" else len(data)
             if allowed < len(data):

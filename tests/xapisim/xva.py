@@ -86,7 +86,11 @@ def disk_entries(prefix, size, allocated, read_chunk):
         if not (first or last) and data == ZERO_CHUNK[:length]:
             continue
         name = f"{prefix}/{i:08d}"
-        yield tar_entry(name, data)
+        # Header and data as separate pieces: no 1 MiB copy per chunk just to glue them.
+        yield tar_header(name, len(data))
+        yield data
+        if len(data) % TAR_BLOCK:
+            yield bytes(TAR_BLOCK - len(data) % TAR_BLOCK)
         yield tar_entry(name + ".xxhash", format(xxhash.xxh64(data).intdigest(), "016X").encode())
 
 
