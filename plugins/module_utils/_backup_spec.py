@@ -37,6 +37,14 @@ def argument_spec():
         "vm_timeout": {"type": "int", "default": 0},
         "snapshot_retention": {"type": "int", "default": 0},
         "max_merged_per_run": {"type": "int", "default": 0},
+        "health_check": {
+            "type": "dict",
+            "options": {
+                "sr": {"type": "str", "required": True},
+                "timeout": {"type": "int", "default": 600},
+                "wait_xenstore": {"type": "bool"},
+            },
+        },
     }
 
 
@@ -63,6 +71,12 @@ class JobSpec:
         self.max_merged = _at_least(params, "max_merged_per_run", 0, "0 means no limit")
         self.compression = COMPRESSIONS[params.get("compression") or "zstd"]
         self.long_term_retention, self.timezone = _ltr(params.get("long_term_retention"))
+        self.health_check = params.get("health_check")
+        if self.health_check is not None:
+            if not (self.health_check.get("sr") or "").strip():
+                raise JobSpecError("health_check.sr must name the SR (name or uuid) to restore the check VM to")
+            if self.health_check.get("timeout", 600) < 1:
+                raise JobSpecError("health_check.timeout must be at least 1 second")
 
     def ltr_tags(self, when):
         if not self.long_term_retention:

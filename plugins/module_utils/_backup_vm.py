@@ -9,6 +9,9 @@ from . import _backup_snapshots as snapshots
 from ._backup_clean import apply_retention
 from ._backup_pipeline import WriterThread
 from ._backup_targets import Target, TargetError, VhdSink, XvaSink
+from ._health_check import health_check
+from ._restore_errors import RestoreInputError
+from ._restore_plan import PoolView
 from ._storage import StorageError
 from ._vhd_errors import VhdError
 from ._vhd_stream_read import VhdStreamReader
@@ -142,6 +145,25 @@ class VmBackup:
                     # The new backup is safe; only the clean-up failed, and the next run retries it.
                     t.fail("retention", e)
         self.result["retention"] = {t.label: getattr(t, "retention", None) for t in self.targets}
+        if self.spec.health_check is not None:
+            self._phase("health check")
+            self._health_check()
+
+    def _health_check(self):
+        """Restore the new backup from the first remote that took it, boot it, judge it (XO's health check)."""
+        target = next((t for t in self.targets if t.ok and t.backup_id), None)
+        if target is None:
+            return
+        hc = self.spec.health_check
+        try:
+            sr, _ = PoolView(self.client).sr(hc["sr"], "health_check.sr")
+        except RestoreInputError as e:
+            raise VmBackupError(f"the backup was written but its health check cannot run: {e}") from None
+        report = health_check(self.client, target.storage, target.backup_id, sr, hc.get("timeout") or 600,
+                              hc.get("wait_xenstore"), remote_label=target.label)  # fmt: skip
+        self.result["health_check"] = report
+        if report.get("status") != "success":
+            raise VmBackupError(f"the backup was written but its health check failed: {report.get('message')}")
 
     def _backup_time(self):
         """This backup's timestamp: ms (XO's unit), whole seconds (file names carry seconds), and after

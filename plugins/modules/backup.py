@@ -121,6 +121,26 @@ options:
         runs. V(0) means no limit.
     type: int
     default: 0
+  health_check:
+    description:
+      - After each VM's backup, restore it without network to O(health_check.sr), start it, wait for its
+        guest metrics (and the C(vm-data/xo-backup-health-check) xenstore key when asked), then destroy it,
+        as Xen Orchestra's health check does. A failed check fails the VM's backup (the backup stays).
+    type: dict
+    suboptions:
+      sr:
+        description: SR (name or UUID) to restore the check VM to.
+        type: str
+        required: true
+      timeout:
+        description: Seconds the started VM has to report its guest metrics (and xenstore verdict).
+        type: int
+        default: 600
+      wait_xenstore:
+        description:
+          - Also wait for C(vm-data/xo-backup-health-check) to be C(success) or C(failure).
+          - Unset follows Xen Orchestra's rule (the VM's C(xo-backup-health-check-xenstore) tag).
+        type: bool
   progress_dir:
     description:
       - Directory on the host running the module for the job's progress file and run lock.
@@ -232,6 +252,9 @@ vms:
       type: int
     retention:
       description: Per remote, the backups retention removed (or would remove) and the merges it ran.
+      type: dict
+    health_check:
+      description: With O(health_check), the check's outcome (status, message, restored VM, durations).
       type: dict
   sample:
     - uuid: 6b2f0a8e-5a55-4a8f-a1d9-2c3d1f2e0b11

@@ -350,3 +350,19 @@ def test_unreachable_remote_is_a_clear_error_before_any_snapshot(tiny, tmp_path)
     assert "127.0.0.1" in vm["error"] and "secret" not in run.output
     with tiny.xapi() as x:
         assert x.VM.get_snapshots(x.VM.get_by_name_label("tiny-01")[0]) == []
+
+
+def test_health_check_after_backup_passes_then_fails_on_an_unbootable_disk(tiny, remote, tmp_path):
+    check = {"health_check": {"sr": "Local storage", "timeout": 5}}
+    rc, result = run_module("backup", args(tiny, remote, tmp_path, **check))
+    assert rc == 0, result.get("msg")
+    assert result["vms"][0]["health_check"]["status"] == "success"
+    disks = vm_disks(tiny, "tiny-01")
+    tiny.write(disks["0"], bytes(MiB), offset=0)  # the boot sector is gone: the guest never comes up
+    rc, result = run_module("backup", args(tiny, remote, tmp_path, **check))
+    assert rc != 0
+    (vm,) = result["vms"]
+    assert vm["backup_id"] and "health check failed" in vm["error"]
+    with tiny.xapi() as x:
+        names = [r["name_label"] for r in x.VM.get_all_records().values() if not r["is_a_snapshot"]]
+    assert sorted(n for n in names if not n.startswith("Control domain")) == ["tiny-01", "tiny-run"]
