@@ -19,6 +19,7 @@ import requests
 
 HERE = Path(__file__).resolve().parent
 DEMO_LAB = HERE / "labs" / "demo.yml"
+TINY_LAB = HERE / "labs" / "tiny.yml"
 DEMO_ADMIN = ("root", "xapisim-demo")
 DEMO_READ_ONLY = ("auditor", "xapisim-audit")
 
@@ -171,6 +172,12 @@ def sim_factory(tmp_path):
     yield make
     for handle in started:
         handle.stop()
+
+
+@pytest.fixture
+def tiny(sim_factory):
+    """A fresh small lab (``labs/tiny.yml``): tiny-01 halted with two small disks, tiny-run running."""
+    return sim_factory(lab=TINY_LAB)
 
 
 @pytest.fixture

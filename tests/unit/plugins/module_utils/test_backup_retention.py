@@ -7,7 +7,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 from backup_checks import backups_of, metadata, remote_disk_hashes
 from module_runner import COLLECTIONS, run_module
 
@@ -22,11 +21,6 @@ TINY = HERE / "labs" / "tiny.yml"
 MiB = 1 << 20
 DAY = 86400
 MONDAY = 1767571200  # 2026-01-05T00:00:00Z, a Monday
-
-
-@pytest.fixture
-def tiny(sim_factory):
-    return sim_factory(lab=TINY)
 
 
 def module_args(sim, remote, tmp_path, **extra):

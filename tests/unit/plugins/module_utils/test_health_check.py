@@ -8,7 +8,7 @@ boot sector holds ``XAPISIM-HEALTH-FAIL``) to ``vm-data/xo-backup-health-check``
 import dataclasses
 
 import pytest
-from xo_fixtures import REMOTE_KINDS, TINY_LAB, XoJob, make_remote, pool_objects
+from xo_fixtures import REMOTE_KINDS, XoJob, make_remote, pool_objects
 
 from ansible_collections.xapi.proxy.plugins.module_utils._health_check import (
     HEALTH_CHECK_TAG,
@@ -26,11 +26,6 @@ def remote(request, tmp_path):
     r = make_remote(request.param, tmp_path, request)
     yield r
     r.close()
-
-
-@pytest.fixture
-def tiny(sim_factory):
-    return sim_factory(lab=TINY_LAB)
 
 
 @pytest.fixture

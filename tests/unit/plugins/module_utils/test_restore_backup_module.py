@@ -8,7 +8,7 @@ import time
 
 import pytest
 from module_runner import run_module
-from xo_fixtures import REMOTE_KINDS, TINY_LAB, connect, make_remote
+from xo_fixtures import REMOTE_KINDS, connect, make_remote
 
 MIB = 1 << 20
 
@@ -18,11 +18,6 @@ def remote(request, tmp_path):
     r = make_remote(request.param, tmp_path, request)
     yield r
     r.close()
-
-
-@pytest.fixture
-def tiny(sim_factory):
-    return sim_factory(lab=TINY_LAB)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ was not there before).
 import time
 
 import pytest
-from xo_fixtures import REMOTE_KINDS, TINY_LAB, XoJob, make_remote, pool_objects, tiny_lab_with
+from xo_fixtures import REMOTE_KINDS, XoJob, make_remote, pool_objects, tiny_lab_with
 
 from ansible_collections.xapi.proxy.plugins.module_utils._restore import restore_backup
 from ansible_collections.xapi.proxy.plugins.module_utils._restore_errors import (
@@ -27,11 +27,6 @@ def remote(request, tmp_path):
     r = make_remote(request.param, tmp_path, request)
     yield r
     r.close()
-
-
-@pytest.fixture
-def tiny(sim_factory):
-    return sim_factory(lab=TINY_LAB)
 
 
 @pytest.fixture

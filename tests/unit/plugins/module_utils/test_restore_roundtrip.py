@@ -12,7 +12,7 @@ import time
 
 import pytest
 import XenAPI
-from xo_fixtures import REMOTE_KINDS, TINY_LAB, XoJob, make_remote, pool_objects, require_vhd_files, tiny_lab_with
+from xo_fixtures import REMOTE_KINDS, XoJob, make_remote, pool_objects, require_vhd_files, tiny_lab_with
 
 from ansible_collections.xapi.proxy.plugins.module_utils._restore import (
     RESTORED_FROM_KEY,
@@ -32,11 +32,6 @@ def remote(request, tmp_path):
     r = make_remote(request.param, tmp_path, request)
     yield r
     r.close()
-
-
-@pytest.fixture
-def tiny(sim_factory):
-    return sim_factory(lab=TINY_LAB)
 
 
 @pytest.fixture

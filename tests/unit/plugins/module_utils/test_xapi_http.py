@@ -15,11 +15,6 @@ TINY = HERE / "labs" / "tiny.yml"
 
 
 @pytest.fixture
-def tiny(sim_factory):
-    return sim_factory(lab=TINY)
-
-
-@pytest.fixture
 def client(tiny):
     opts = ConnectionOptions(parse_xapi_url(tiny.url), tiny.username, tiny.password, ca_path=tiny.ca_path)
     with XapiClient(opts) as c:

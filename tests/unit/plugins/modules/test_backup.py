@@ -19,11 +19,6 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def tiny(sim_factory):
-    return sim_factory(lab=TINY)
-
-
-@pytest.fixture
 def remote(tmp_path):
     root = tmp_path / "remote"
     root.mkdir()
