@@ -10,7 +10,7 @@ from __future__ import annotations
 import posixpath
 
 from ._retention import select_old_backups
-from ._storage import StorageError
+from ._storage import Storage, StorageError
 from ._vhd_chain import open_vhd_chain_files
 from ._vhd_errors import VhdError
 from ._vhd_file import VhdFile
@@ -102,19 +102,29 @@ def old_backups(survey, spec):
     return [e["id"] for e in old]
 
 
+def can_merge(storage):
+    """Merging rewrites a VHD in place; a kind without in-place updates (S3) keeps its chains instead."""
+    return type(storage).open_update is not Storage.open_update
+
+
 def plan(storage, vm_uuid, delete=()):
     survey = Survey(storage, vm_uuid)
-    result = plan_clean_vm(
-        vm_uuid,
-        backups=survey.backups,
-        vhds=survey.vhds,
-        delete=delete,
-        invalid_metadata=survey.invalid,
-        broken_vhds=survey.broken,
-        files=survey.files,
-        merge_states=survey.merge_states,
-        vdi_dirs=survey.vdi_dirs,
-    )
+    inputs = {
+        "backups": survey.backups,
+        "vhds": survey.vhds,
+        "delete": delete,
+        "invalid_metadata": survey.invalid,
+        "broken_vhds": survey.broken,
+        "files": survey.files,
+        "merge_states": survey.merge_states,
+        "vdi_dirs": survey.vdi_dirs,
+    }
+    result = plan_clean_vm(vm_uuid, merge=can_merge(storage), **inputs)
+    if not can_merge(storage) and plan_clean_vm(vm_uuid, **inputs).of_kind("merge"):
+        result.warnings.append(
+            f"{storage.display} cannot update files in place, so old deltas are kept as parents instead of "
+            "being merged: the chains stay restorable but use more space"
+        )
     return survey, result
 
 

@@ -60,7 +60,8 @@ def resolve(value, username=None, password=None, remotes_dir=DEFAULT_REMOTES_DIR
     if "://" not in value:
         record = registered(value, remotes_dir)
         name, value = value, record["url"]
-        username, password = record.get("username"), record.get("password")
+        # A remote registered with store_credentials=false keeps no secret: the run's credentials apply.
+        username, password = record.get("username") or username, record.get("password") or password
     try:
         remote = parse(value)
     except RemoteUrlError as e:
@@ -70,14 +71,29 @@ def resolve(value, username=None, password=None, remotes_dir=DEFAULT_REMOTES_DIR
     return remote, name
 
 
+def storage_options(record):
+    """``open_remote`` options a registration asks for: an NFS remote stays on its persistent mount.
+
+    The ``remote`` module mounts a registered NFS remote once, with the record's ``options`` (mount
+    options, as Xen Orchestra's remote ``options``) under its ``mounts_dir``; opening it with the same
+    values finds that mount, and ``persistent`` keeps it mounted when the storage is closed.
+    """
+    if not isinstance(record, dict) or not str(record.get("url", "")).startswith("nfs://"):
+        return {}
+    options = {"persistent": True}
+    if record.get("options"):
+        options["mount_options"] = record["options"]
+    if record.get("mounts_dir"):
+        options["mounts_dir"] = record["mounts_dir"]
+    return options
+
+
 def open_storage(value, params, **options):
     """Open one remote named by ``value`` with the module's remote credential options."""
-    remote, _ = resolve(
-        value,
-        params.get("remote_username"),
-        params.get("remote_password"),
-        params.get("remotes_dir") or DEFAULT_REMOTES_DIR,
-    )
+    remotes_dir = params.get("remotes_dir") or DEFAULT_REMOTES_DIR
+    remote, name = resolve(value, params.get("remote_username"), params.get("remote_password"), remotes_dir)
+    if name is not None:
+        options = {**storage_options(registered(name, remotes_dir)), **options}
     return open_remote(remote, **options)
 
 

@@ -50,3 +50,22 @@ def test_backup_verify_and_restore_over_the_remote(sim_factory, remote_url, tmp_
     secret = remote_url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
     for result in (first, second, info, restored):
         assert secret not in str(result)
+
+
+def test_retention_on_s3_keeps_chains_instead_of_merging(tiny, new_s3_url, tmp_path):
+    job = {"hostname": tiny.url, "password": tiny.password, "ca_path": str(tiny.ca_path), "job": "s3-keep",
+           "names": ["tiny-01"], "remotes": [new_s3_url], "retention": 2,
+           "progress_dir": str(tmp_path / "progress")}  # fmt: skip
+    with tiny.xapi() as x:
+        vm = x.VM.get_by_name_label("tiny-01")[0]
+        root = x.VDI.get_uuid(next(x.VBD.get_VDI(v) for v in x.VM.get_VBDs(vm) if x.VBD.get_userdevice(v) == "0"))
+    for run in range(4):
+        tiny.write(root, os.urandom(MiB), offset=run * 4 * MiB)
+        rc, result = run_module("backup", job)
+        assert rc == 0, result.get("msg")
+    retention = next(iter(result["vms"][0]["retention"].values()))
+    assert retention["removed"] and not retention["merged"]
+    assert any("kept as parents" in w for w in retention["warnings"])
+    rc, info = run_module("backup_info", {"remote": new_s3_url, "verify": True, "vm": "tiny-01"})
+    assert rc == 0, info.get("msg")
+    assert len(info["backups"]) == 2 and all(not b["problems"] for b in info["backups"])
