@@ -30,13 +30,18 @@ def argument_spec():
     }
 
 
-def registered(name, remotes_dir=DEFAULT_REMOTES_DIR):
-    """The record of remote ``name`` registered on this host: ``{url, username, password, options}``."""
-    if not _NAME.match(name):
+def validate_name(name):
+    if not isinstance(name, str) or not _NAME.match(name):
         raise RemoteOptionError(
             f"{name!r} is neither a remote URL (file://, nfs://, smb://, s3://) nor a registered remote name "
             "(letters, digits, '.', '_' and '-')"
         )
+    return name
+
+
+def registered(name, remotes_dir=DEFAULT_REMOTES_DIR):
+    """The record of remote ``name`` registered on this host: ``{url, username, password, options}``."""
+    validate_name(name)
     path = os.path.join(remotes_dir, name + ".json")
     try:
         with open(path) as fh:
