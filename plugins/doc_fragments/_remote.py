@@ -7,7 +7,7 @@ options:
   remote_username:
     description:
       - User name for remotes whose URL carries none (SMB user, S3 access key id).
-      - Applies to every remote given by URL; a remote registered with C(xapi.proxy.remote) uses its own
+      - Applies to every remote given by URL; a remote registered with M(xapi.proxy.remote) uses its own
         stored credentials.
       - Credentials written inside a URL still work, but are never shown in results.
     type: str
@@ -17,7 +17,7 @@ options:
     type: str
   remotes_dir:
     description:
-      - Directory holding remotes registered with C(xapi.proxy.remote) on the host running the module,
+      - Directory holding remotes registered with M(xapi.proxy.remote) on the host running the module,
         where a remote name is looked up.
     type: path
     default: /etc/xapi-proxy/remotes

@@ -54,7 +54,7 @@ options:
     description:
       - Where to write the backups, each a URL in Xen Orchestra's grammar (V(file:///srv/backups),
         V(nfs://nas:/export), V(smb://user@DOMAIN\\\\host\\share), V(s3://host/bucket/prefix)) or the name
-        of a remote registered with C(xapi.proxy.remote).
+        of a remote registered with M(xapi.proxy.remote).
       - The VM's stream is read once and written to every remote.
     type: list
     elements: str

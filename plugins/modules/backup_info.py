@@ -33,7 +33,7 @@ options:
     description:
       - The remote to read, as a URL in Xen Orchestra's grammar (V(file:///srv/backups),
         V(nfs://nas.example.org:/export/backups), V(s3://s3.example.org/bucket/prefix)) or the name of a
-        remote registered with C(xapi.proxy.remote).
+        remote registered with M(xapi.proxy.remote).
       - Required with O(vm), O(backup_id) or O(verify=true). Leave it out to report only RV(jobs).
     type: str
   vm:

@@ -36,7 +36,7 @@ options:
     description:
       - The remote holding the backup. Give either a URL in Xen Orchestra's grammar
         (V(file:///srv/backups), V(smb://backup@EXAMPLE\\\\nas\\share)) or the name of a remote registered
-        with C(xapi.proxy.remote).
+        with M(xapi.proxy.remote).
     type: str
     required: true
   backup:

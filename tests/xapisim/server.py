@@ -103,6 +103,13 @@ class Simulator:
                 return ref
         return self.master_ref()
 
+    # -- guest boot -------------------------------------------------------------------------------
+    def config_drive_ip(self, vm_ref):
+        """The static address a cloud-init config drive attached to the VM gives it (see config_drive.py)."""
+        from . import config_drive  # noqa: PLC0415 - only booting guests need it
+
+        return config_drive.config_drive_ip(self, vm_ref)
+
 
 class Body:
     """The request body: Content-Length bounded, or until EOF; counts bytes for faults."""
