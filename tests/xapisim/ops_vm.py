@@ -388,7 +388,7 @@ def install(server):
 
 HEALTH_TAG = "xo-backup-health-check-xenstore"
 HEALTH_KEY = "vm-data/xo-backup-health-check"
-# A guest whose boot sector carries this marker reports a failed health check (see labs/README).
+# A guest tagged HEALTH_TAG whose boot sector carries this marker reports a failed health check.
 HEALTH_FAIL_MARKER = b"XAPISIM-HEALTH-FAIL"
 
 
