@@ -11,7 +11,8 @@ here does what XO's backup runner does (xo-backups.md §1-§3), with the collect
   and the snapshot of a running one is destroyed afterwards (snapshot retention 0);
 * incremental mode: per disk ``GET /export_raw_vdi?format=vhd[&base=<previous snapshot VDI>]``,
   re-emitted as XO's own VHD (footer uuid = snapshot VDI uuid, parent uuid = base snapshot VDI uuid,
-  parent name = the parent file's name, creator ``xo  ``) at ``vdis/<job>/<live VDI>/<ts>.vhd``;
+  parent name = the parent file's name, creator ``xo  ``) at ``vdis/<job>/<live VDI>/<ts>.vhd``, or on
+  S3 as XO's VHD directory (brotli blocks under ``data/<ts>.vhd/``, named by ``<ts>.alias.vhd``);
   metadata with the raw records (int64 as JSON numbers, as XO's JSON-RPC client gets them) plus
   XO's ``$…`` additions; the newest snapshot is kept as the next run's base, the previous one destroyed;
 * ``cache.json.gz`` is updated after each backup, and the remote root holds ``encryption.json`` and
@@ -66,6 +67,7 @@ from xapisim.pytest_plugin import HERE as XAPISIM_DIR
 
 NULL = "OpaqueRef:NULL"
 REMOTE_KINDS = ("file", "smb", "s3")
+MIB = 1 << 20
 TEMP_SNAPSHOT_NAME = "xo-backup-temp-snapshot-name"  # XO's name until the snapshot is tagged
 T0 = datetime(2024, 6, 18, 2, 0, 3, 123000, tzinfo=timezone.utc)
 _DATAMODEL = None
@@ -145,12 +147,9 @@ def make_remote(kind, tmp_path, request=None):
     raise ValueError(f"no fixture for {kind} remotes")
 
 
-def require_vhd_files(remote):
-    """Skip on remotes where Xen Orchestra stores incremental backups as VHD directories (S3, always)."""
-    if remote.kind == "s3":
-        import pytest  # noqa: PLC0415 - only tests call this
-
-        pytest.skip("Xen Orchestra writes VHD directories on S3 remotes, which restore does not read yet")
+def uses_vhd_directories(remote):
+    """XO stores incremental backups as VHD directories on S3 remotes, always (``useVhdDirectory``)."""
+    return remote.kind == "s3"
 
 
 # -- records as XO stores them ----------------------------------------------------------------
@@ -228,6 +227,7 @@ class XoJob:
         self._next = start
         self._step = step
         self._bases = {}  # vm uuid -> {"snapshot": ref, "disks": {live vdi uuid: (snap ref, snap uuid, ts)}}
+        self.vhd_directory = uses_vhd_directories(remote)
         self.client = connect(sim)
 
     def close(self):
@@ -392,7 +392,7 @@ class XoJob:
             snap_vdi = vbd["VDI"]
             live_uuid = live_uuids.get(vdi["snapshot_of"], vdi["uuid"])
             base = (previous or {}).get("disks", {}).get(live_uuid)
-            rel = vhd_relative_path(self.job_id, live_uuid, when)
+            rel = vhd_relative_path(self.job_id, live_uuid, when, self.vhd_directory)
             path = f"{vm_backup_dir(vm_uuid)}/{rel}"
             size += self._write_vhd(snap_vdi, vdi["uuid"], path, base)
             files.append(path)
@@ -460,10 +460,45 @@ class XoJob:
                 reader.block_order,
                 uuid=snap_uuid,
                 parent_uuid=base[1] if base else None,
-                parent_name=vhd_basename(base[2]) if base else "",
+                parent_name=vhd_basename(base[2], self.vhd_directory) if base else "",
             )
+            if self.vhd_directory:
+                return self._write_vhd_directory(path, writer, reader)
             with self.storage.open_write(path) as out:
                 written = writer.write_to(out, reader.blocks())
+        return written
+
+    def _write_vhd_directory(self, alias, writer, reader):
+        """The same VHD as XO's VhdDirectory: ``data/<ts>.vhd/{footer,header,bat,chunk-filters.json,blocks/…}``,
+        each block (full bitmap + data) brotli-compressed at quality 0, the alias ``data/<ts>.vhd`` last.
+
+        Written here from the reference, not with the collection's directory code, so that reading
+        these back tests that code against an independent writer."""
+        import brotli  # noqa: PLC0415 - only S3 fixtures need it
+
+        folder, name = alias.rsplit("/", 1)
+        data_rel = "data/" + name.replace(".alias.vhd", ".vhd")
+        directory = f"{folder}/{data_rel}"
+        entries = -(-reader.virtual_size // (2 * MIB))
+        bat = bytearray(-(-entries // 8))
+        written = 0
+        for index, block in reader.blocks():
+            if index >= entries:
+                continue
+            blob = brotli.compress(b"\xff" * 512 + bytes(block).ljust(2 * MIB, b"\0"), quality=0)
+            self.storage.write_bytes(f"{directory}/blocks/{index // 1000}/{index % 1000}", blob)
+            bat[index // 8] |= 0x80 >> (index % 8)
+            written += len(blob)
+        parts = {
+            "chunk-filters.json": b'["brotli"]',
+            "bat": bytes(bat),
+            "header": writer.header.to_bytes(),
+            "footer": writer.footer.to_bytes(),
+        }
+        for leaf, data in parts.items():
+            self.storage.write_bytes(f"{directory}/{leaf}", data)
+            written += len(data)
+        self.storage.write_bytes(alias, data_rel.encode())
         return written
 
     # -- guest activity between backups -------------------------------------------------------

@@ -7,11 +7,14 @@ data, so a run killed mid-merge is finished by the next one and the chain stays 
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 
 from ._retention import select_old_backups
 from ._storage import Storage, StorageError
 from ._vhd_chain import open_vhd_chain_files
+from ._vhd_directory import is_alias, open_alias, read_alias, remote_vhd_opener
+from ._vhd_directory_merge import merge_vhd_directory
 from ._vhd_errors import VhdError
 from ._vhd_file import VhdFile
 from ._vhd_merge import merge_vhd
@@ -29,6 +32,7 @@ class Survey:
         self.vm_uuid = vm_uuid
         self.backups, self.invalid, self.files = {}, {}, {}
         self.vhds, self.broken, self.merge_states, self.vdi_dirs = {}, {}, {}, []
+        self.aliases, self.data_dirs = {}, []  # VHD directories: alias path → directory; every data/<ts>.vhd
         # Files a killed run left under a temporary name: never visible as backups, only clutter.
         self.temp_files = []
         directory = vm_backup_dir(vm_uuid)
@@ -69,17 +73,26 @@ class Survey:
                             self.merge_states[path] = {}
                     elif is_temp_name(name):
                         self.temp_files.append(path)
+                    elif name == "data":
+                        self.data_dirs.extend(f"{path}/{d}" for d in storage.list(path, missing_ok=True))
                     elif name.endswith(".vhd"):
                         self._read_vhd(path)
 
     def _read_vhd(self, path):
         try:
-            with self.storage.open_read(path) as fh:
-                vhd = VhdFile(fh, path, fh.size)
-                self.vhds[path] = resolve_parent(path, vhd.parent_name) if vhd.is_differencing else None
+            if is_alias(path):
+                vhd = open_alias(self.storage, path)
+                self.aliases[path] = vhd.directory
+            else:
+                with self.storage.open_read(path) as fh:
+                    vhd = VhdFile(fh, path, fh.size)
+            self.vhds[path] = resolve_parent(path, vhd.parent_name) if vhd.is_differencing else None
         except (VhdError, StorageError, OSError) as e:
             self.vhds[path] = None
             self.broken[path] = str(e)
+            if is_alias(path):
+                with contextlib.suppress(VhdError, StorageError):
+                    self.aliases[path] = read_alias(self.storage, path)  # so deleting it takes its data too
 
 
 def old_backups(survey, spec):
@@ -102,9 +115,12 @@ def old_backups(survey, spec):
     return [e["id"] for e in old]
 
 
-def can_merge(storage):
-    """Merging rewrites a VHD in place; a kind without in-place updates (S3) keeps its chains instead."""
-    return type(storage).open_update is not Storage.open_update
+def can_merge(storage, survey=None):
+    """VHD files are merged in place, VHD directories by moving block objects: a kind without in-place
+    updates (S3) merges only when every VHD is a directory, and keeps its chains as they are otherwise."""
+    if type(storage).open_update is not Storage.open_update:
+        return True
+    return survey is not None and all(is_alias(path) for path in survey.vhds)
 
 
 def plan(storage, vm_uuid, delete=()):
@@ -118,12 +134,15 @@ def plan(storage, vm_uuid, delete=()):
         "files": survey.files,
         "merge_states": survey.merge_states,
         "vdi_dirs": survey.vdi_dirs,
+        "aliases": survey.aliases,
+        "data_dirs": survey.data_dirs,
     }
-    result = plan_clean_vm(vm_uuid, merge=can_merge(storage), **inputs)
-    if not can_merge(storage) and plan_clean_vm(vm_uuid, **inputs).of_kind("merge"):
+    mergeable = can_merge(storage, survey)
+    result = plan_clean_vm(vm_uuid, merge=mergeable, **inputs)
+    if not mergeable and plan_clean_vm(vm_uuid, **inputs).of_kind("merge"):
         result.warnings.append(
-            f"{storage.display} cannot update files in place, so old deltas are kept as parents instead of "
-            "being merged: the chains stay restorable but use more space"
+            f"{storage.display} cannot update files in place and holds VHD files, so old deltas are kept as "
+            "parents instead of being merged: the chains stay restorable but use more space"
         )
     return survey, result
 
@@ -176,8 +195,12 @@ def _backup_size(storage, backup_id, survey, merged_size):
     total = 0
     for path in vhd_remote_paths(backup_id, survey.backups[backup_id]).values():
         try:
-            total += storage.stat(path).size
-        except StorageError:
+            if is_alias(path):  # a directory's data size, as XO counts it after a merge
+                vhd = open_alias(storage, path)
+                total += len(vhd.allocated_blocks()) * vhd.block_size
+            else:
+                total += storage.stat(path).size
+        except (StorageError, VhdError):
             return merged_size
     return total
 
@@ -192,7 +215,9 @@ def _merge(storage, action, state, on_progress):
         # Resume: the state names the whole chain, some of which a killed cleanup may have removed.
         chain = [posixpath.normpath(posixpath.join(directory, p)) for p in state["chain"]]
         parent_path = chain[0]
-    if state is None or state.get("step") != "cleanup":
+    if is_alias(parent_path):
+        state = _merge_directory(storage, chain, state, state_path, on_progress)
+    elif state is None or state.get("step") != "cleanup":
         children = chain[1:]
         with storage.open_update(parent_path) as pfile:
             parent = VhdFile(pfile, parent_path)
@@ -218,8 +243,45 @@ def _merge(storage, action, state, on_progress):
                     fh.close()
     # Cleanup: the children are folded into the parent, which now takes the newest child's name.
     target = chain[-1]
-    for path in chain[1:]:
-        storage.delete(path, missing_ok=True)
-    storage.rename(parent_path, target)
+    if storage.exists(parent_path) or not storage.exists(target):
+        keep = read_alias(storage, parent_path) if is_alias(parent_path) else None
+        for path in chain[1:]:
+            _delete_vhd(storage, path, keep)
+        storage.rename(parent_path, target)
+    # else: an interrupted cleanup already gave the merged disk its new name; nothing left to delete.
     storage.delete(state_path, missing_ok=True)
+    if is_alias(target):
+        return int(state.get("mergedDataSize") or 0)  # XO's size of a merged VHD directory
     return storage.stat(target).size
+
+
+def _merge_directory(storage, chain, state, state_path, on_progress):
+    """Block-moving merge of VHD directories (children may be files); returns the final state."""
+    if state is not None and state.get("step") == "cleanup":
+        return state
+    opener = remote_vhd_opener(storage)
+    parent = open_alias(storage, chain[0])
+    child = open_vhd_chain_files(list(reversed(chain[1:])), opener, allow_differencing_root=True)
+    try:
+        return merge_vhd_directory(
+            parent,
+            child,
+            state=state,
+            on_state=lambda s: storage.write_json(state_path, s),
+            chain=[posixpath.basename(p) for p in chain],
+            on_progress=on_progress,
+        )
+    finally:
+        child.close()
+
+
+def _delete_vhd(storage, path, keep=None):
+    """Delete a VHD file, or an alias and the VHD directory it names (the alias first: never a dangling
+    name). ``keep``: the merged parent's directory, which a half-done rename may have aliased here too."""
+    data = None
+    if is_alias(path):
+        with contextlib.suppress(VhdError, StorageError):
+            data = read_alias(storage, path)
+    storage.delete(path, missing_ok=True)
+    if data and data != keep:
+        storage.delete_tree(data, missing_ok=True)

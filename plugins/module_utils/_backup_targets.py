@@ -12,6 +12,8 @@ import contextlib
 import time
 
 from ._storage import LOCK_STALE_SECONDS, LockedError, StorageError
+from ._vhd_directory import is_alias, open_alias
+from ._vhd_directory_write import VhdDirectoryWriter, uses_vhd_directory
 from ._vhd_errors import VhdError
 from ._vhd_format import FOOTER_SIZE, Footer, uuid_str
 from ._vhd_stream_write import VhdWriter
@@ -92,13 +94,18 @@ class Target:
             return None
         for name in sorted((n for n in names if n.endswith(".vhd") and not n.startswith(".")), reverse=True):
             try:
-                with self.storage.open_read(f"{directory}/{name}") as fh:
-                    footer = Footer.parse(fh.pread(0, FOOTER_SIZE), name, 0)
+                footer = self._footer(f"{directory}/{name}")
             except (StorageError, VhdError, OSError):
                 continue
             if uuid_str(footer.uuid) == base_vdi_uuid:
                 return name, footer.timestamp
         return None
+
+    def _footer(self, path):
+        if is_alias(path):
+            return open_alias(self.storage, path).footer
+        with self.storage.open_read(path) as fh:
+            return Footer.parse(fh.pread(0, FOOTER_SIZE), path, 0)
 
     # -- metadata -----------------------------------------------------------------------------------
     def write_metadata(self, when, metadata):
@@ -187,3 +194,43 @@ class VhdSink:
     def abort(self):
         with contextlib.suppress(Exception):
             self.stream.abort()
+
+
+class VhdDirectorySink:
+    """One disk written as a VHD directory (S3 remotes, ``useVhdDirectory=true``): ``<ts>.alias.vhd``
+    naming ``data/<ts>.vhd/``, one compressed object per block, the alias last."""
+
+    def __init__(self, target, job_id, live_vdi_uuid, when, reader, snap_vdi_uuid, parent):
+        self.target = target
+        self.relative = vhd_relative_path(job_id, live_vdi_uuid, when, vhd_directory=True)
+        self.path = vhd_path(target.vm_uuid, job_id, live_vdi_uuid, when, vhd_directory=True)
+        parent_name, parent_ts, parent_uuid = parent if parent else ("", 0, None)
+        self.differencing = parent is not None
+        self.writer = VhdDirectoryWriter(
+            target.storage,
+            self.path,
+            reader.virtual_size,
+            uuid=snap_vdi_uuid,
+            parent_uuid=parent_uuid,
+            parent_name=parent_name,
+            parent_timestamp=parent_ts,
+            block_size=reader.block_size,
+        )
+
+    def block(self, index, data):
+        self.writer.block(index, data)
+
+    def commit(self):
+        size = self.writer.commit()
+        self.target.bytes_written += size
+        return size
+
+    def abort(self):
+        with contextlib.suppress(Exception):
+            self.writer.abort()
+
+
+def disk_sink(target, *args):
+    """The sink for one disk on ``target``: a VHD file, or a VHD directory where XO would write one."""
+    kind = VhdDirectorySink if uses_vhd_directory(target.storage) else VhdSink
+    return kind(target, *args)

@@ -10,7 +10,8 @@ What :meth:`BackupVerifier.verify` checks (xo-backups.md §1-§2):
 * an incremental backup: each VHD the metadata names exists and has the VDI's virtual size, and it and
   every parent down to the full VHD pass ``_vhd_verify.check_vhd`` (footers, header, BAT); each parent
   exists and carries the uuid its child was made against. VHD directories (``<ts>.alias.vhd``) get the
-  same footer/header and link checks, plus a block object for every block their BAT lists.
+  same footer/header and link checks, plus a block object for every block their BAT lists, each one
+  decompressed and of a block's size.
 
 A problem is ``{"file": remote path, "problem": one sentence}``. Files that several backups share (the
 older VHDs of a chain) are read once per :class:`BackupVerifier`, which the listing also uses to give
@@ -24,6 +25,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from ._storage import NotFoundError, StorageError
 from ._vhd_chain import MAX_CHAIN_LENGTH, parent_path
+from ._vhd_directory import VhdDirectory
 from ._vhd_errors import VhdError, VhdFormatError, VhdUnsupportedError
 from ._vhd_format import (
     DISK_TYPE_DIFFERENCING,
@@ -34,7 +36,6 @@ from ._vhd_format import (
     SECTOR_SIZE,
     Footer,
     Header,
-    bitmap_bytes,
     block_count,
     uuid_str,
 )
@@ -333,8 +334,10 @@ class BackupVerifier:
         if len(bat) * 8 < head.max_table_entries:
             out.append(problem(bat_path, f"holds {len(bat) * 8} block bits, {head.max_table_entries} are needed"))
         listed = [i for i in range(min(len(bat) * 8, head.max_table_entries)) if bat[i >> 3] & (0x80 >> (i & 7))]
-        compressed = self.storage.exists(f"{directory}/chunk-filters.json")
-        span = bitmap_bytes(head.block_size) + head.block_size
+        try:
+            reader = VhdDirectory(self.storage, directory, name=alias)
+        except (VhdError, StorageError) as e:
+            return [*out, problem(alias, f"cannot be read as a VHD directory: {_without_prefix(alias, str(e))}")]
         present = {}
         for group in self.storage.list(f"{directory}/blocks", missing_ok=True):
             for name in self.storage.list(f"{directory}/blocks/{group}", missing_ok=True):
@@ -345,17 +348,20 @@ class BackupVerifier:
             out.append(problem(f"{directory}/blocks/{index // 1000}/{index % 1000}", "missing: the BAT lists it"))
         if len(missing) > MAX_LISTED:
             out.append(problem(f"{directory}/blocks", f"... and {len(missing) - MAX_LISTED} more missing blocks"))
-        if not compressed:
-            wrong = 0
-            for index in listed:
-                block = f"{directory}/blocks/{index // 1000}/{index % 1000}"
-                if index in absent:
-                    continue
-                size = self.storage.stat(block).size
-                if size != span:
-                    wrong += 1
-                    if wrong <= MAX_LISTED:
-                        out.append(problem(block, f"is {size} bytes, an uncompressed block is {span}"))
+        # Every present block is read back and decompressed: its size (bitmap + data) is checked.
+        wrong = 0
+        for index in listed:
+            if index in absent:
+                continue
+            try:
+                reader.read_block_raw(index)
+            except (VhdError, StorageError) as e:
+                wrong += 1
+                if wrong <= MAX_LISTED:
+                    block = reader.block_path(index)
+                    out.append(problem(block, _without_prefix(block, getattr(e, "message", str(e)))))
+        if wrong > MAX_LISTED:
+            out.append(problem(f"{directory}/blocks", f"... and {wrong - MAX_LISTED} more unreadable blocks"))
         return out
 
     # -- one backup ---------------------------------------------------------------------------

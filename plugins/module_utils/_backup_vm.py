@@ -8,7 +8,7 @@ import time
 from . import _backup_snapshots as snapshots
 from ._backup_clean import apply_retention
 from ._backup_pipeline import WriterThread
-from ._backup_targets import Target, TargetError, VhdSink, XvaSink
+from ._backup_targets import Target, TargetError, XvaSink, disk_sink
 from ._health_check import health_check
 from ._restore_errors import RestoreInputError
 from ._restore_plan import PoolView
@@ -315,7 +315,8 @@ class VmBackup:
             for t, sink in sinks.items():
                 sinks_by_target[t].append(sink)
             ref = disk["ref"]
-            vhds[ref] = next(iter(sinks.values())).relative if sinks else None
+            for t, sink in sinks.items():  # per target: a VHD file on one, a VHD directory on another
+                vhds.setdefault(t, {})[ref] = sink.relative
             differencing[ref] = base_disk is not None
             vdis[ref] = vdi_record(
                 disk["record"],
@@ -344,7 +345,7 @@ class VmBackup:
                     vdis=vdis,
                     vbds=vbds,
                     vifs=vifs,
-                    vhds=vhds,
+                    vhds=vhds.get(t, {}),
                     is_vhd_differencing=differencing,
                     size=sum(s.size for s in sinks_by_target.get(t, [])),
                     tags=self.spec.ltr_tags(when),
@@ -367,7 +368,7 @@ class VmBackup:
             for t in self.targets:
                 if t.ok:
                     try:
-                        sinks[t] = VhdSink(
+                        sinks[t] = disk_sink(
                             t, self.spec.job_id, live_uuid, when, reader, disk["record"]["uuid"], parents.get(t)
                         )
                     except StorageError as e:

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 from ._restore_errors import InsufficientSpaceError, RestoreError, RestoreInputError
 from ._storage import NotFoundError, StorageError
 from ._vhd_chain import open_vhd_chain
+from ._vhd_directory import remote_vhd_opener
 from ._vhd_errors import VhdError, VhdMissingParentError
 from ._xo_layout import format_filename_date, is_uuid
 from ._xva_codec import detect_compression
@@ -198,13 +199,8 @@ def read_xva_header(storage, path):
 
 def open_chain(storage, path, disk):
     """The VHD chain of one disk, every parent opened; errors name the file that is missing or bad."""
-    if path.endswith(".alias.vhd"):
-        raise RestoreError(
-            f"Disk {disk} is stored as a VHD directory ({path}, written with useVhdDirectory); restoring those "
-            "is not supported yet."
-        )
     try:
-        return open_vhd_chain(path, opener=storage.open_read)
+        return open_vhd_chain(path, opener=remote_vhd_opener(storage))
     except VhdMissingParentError as e:
         raise RestoreError(
             f"Disk {disk} cannot be restored: its VHD chain is broken, the parent of {e.source} is missing on "

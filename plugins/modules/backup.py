@@ -164,6 +164,9 @@ notes:
   - Runs on the host that executes the task; in production that is the site's proxy, with the XenAPI,
     requests and jmespath Python libraries installed there.
   - A second run of the same job on the same host while one runs fails at once with a clear message.
+  - On S3 remotes, and on others whose URL carries C(useVhdDirectory=true), incremental backups are stored as
+    Xen Orchestra's VHD directories (one brotli-compressed object per 2 MiB block), which needs the Python
+    brotli package; retention merges them by moving block objects.
 requirements:
   - requests
   - jmespath

@@ -85,7 +85,8 @@ notes:
     metadata, V(full) or V(delta). M(xapi.proxy.backup) writes V(delta) backups when run with
     O(xapi.proxy.backup#module:mode=incremental).
   - Disks stored as VHD directories (Xen Orchestra's C(useVhdDirectory), always used on S3) are listed and
-    verified from their footer, header and block table. Their compressed blocks are checked for presence only.
+    verified from their footer, header and block table, and every block object is read back and decompressed
+    (brotli needs the Python brotli package on the host).
 seealso:
   - module: xapi.proxy.backup
   - module: xapi.proxy.restore

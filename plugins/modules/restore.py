@@ -171,8 +171,9 @@ notes:
     and requests Python libraries (and zstandard for zstd-compressed backups) installed there.
   - The restore is sent to the pool master the connection options name. Its throughput is that of one
     HTTPS stream to XAPI.
-  - Backups on remotes that store VHD directories (C(useVhdDirectory), and every S3 remote of Xen
-    Orchestra) cannot be restored yet.
+  - Incremental backups stored as VHD directories (C(useVhdDirectory), and every S3 remote) are read block
+    object by block object; brotli-compressed ones, as Xen Orchestra writes them, need the Python brotli
+    package on the host.
 requirements:
   - requests
 seealso:

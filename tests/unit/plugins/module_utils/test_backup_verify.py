@@ -13,7 +13,9 @@ import shutil
 import tarfile
 import tracemalloc
 import uuid
+from pathlib import Path
 
+import brotli
 import pytest
 
 from ansible_collections.xapi.proxy.plugins.module_utils._backup_verify import BackupVerifier, verify_backup
@@ -414,3 +416,15 @@ def test_alias_naming_a_missing_vhd_directory(dir_chain):
     alias = dir_chain.chain[1][1]
     shutil.rmtree(dir_chain.path(data_dir(alias)))
     assert_only(verify_backup(dir_chain.storage, dir_chain.chain[1][0]), alias, "VHD directory", "missing")
+
+
+def test_vhd_directory_brotli_blocks_are_decompressed_and_checked(dir_chain):
+    child = data_dir(dir_chain.chain[1][1])
+    blocks = [p for p in Path(dir_chain.path(f"{child}/blocks")).rglob("*") if p.is_file()]
+    for path in blocks:  # as Xen Orchestra stores them: each block object brotli-compressed on its own
+        path.write_bytes(brotli.compress(path.read_bytes(), quality=0))
+    Path(dir_chain.path(f"{child}/chunk-filters.json")).write_text('["brotli"]')
+    assert verify_backup(dir_chain.storage, dir_chain.chain[1][0]) == []
+    damaged = dir_chain.path(f"{child}/blocks/0/1")
+    Path(damaged).write_bytes(Path(damaged).read_bytes()[:100])
+    assert_only(verify_backup(dir_chain.storage, dir_chain.chain[1][0]), f"{child}/blocks/0/1", "decompress")

@@ -2,7 +2,8 @@
 
 A restore must give back each disk exactly as it was at snapshot time (``sim.sha256``) and the VM's
 record (name, memory, vCPUs, tags, MACs), for full and incremental backups, at every point of a
-chain. Parametrised over remote kinds; only ``file`` exists today.
+chain. Parametrised over remote kinds (file, SMB, S3); on S3 the incremental fixtures are VHD
+directories, as Xen Orchestra always writes them there.
 """
 
 import hashlib
@@ -12,7 +13,7 @@ import time
 
 import pytest
 import XenAPI
-from xo_fixtures import REMOTE_KINDS, XoJob, make_remote, pool_objects, require_vhd_files, tiny_lab_with
+from xo_fixtures import REMOTE_KINDS, XoJob, make_remote, pool_objects, tiny_lab_with, uses_vhd_directories
 
 from ansible_collections.xapi.proxy.plugins.module_utils._restore import (
     RESTORED_FROM_KEY,
@@ -21,6 +22,7 @@ from ansible_collections.xapi.proxy.plugins.module_utils._restore import (
 )
 from ansible_collections.xapi.proxy.plugins.module_utils._restore_errors import RestoreInputError
 from ansible_collections.xapi.proxy.plugins.module_utils._restore_select import load_backup
+from ansible_collections.xapi.proxy.plugins.module_utils._vhd_directory import VhdDirectory, remote_vhd_opener
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_file import VhdFile
 
 MIB = 1 << 20
@@ -46,6 +48,12 @@ def job(tiny, remote):
         j.call("VM.add_tags", vm, "web")
         j.call("VM.set_name_description", vm, "front end")
         yield j
+
+
+def open_disk(storage, path):
+    """A stored disk: a VHD file, or the VHD directory an alias names."""
+    opened = remote_vhd_opener(storage)(path)
+    return opened if isinstance(opened, VhdDirectory) else VhdFile(opened, path)
 
 
 def restore(job, fixture, **kwargs):
@@ -116,7 +124,6 @@ def test_full_backup_of_a_running_vm_snapshot(tiny, job):
 
 # -- incremental ----------------------------------------------------------------------------------
 def test_every_point_of_a_five_run_chain(tiny, job):
-    require_vhd_files(job.remote)
     points = []
     writes = [
         (0, 0, b"\x01" * 4096),  # boot sector area
@@ -149,18 +156,15 @@ def test_every_point_of_a_five_run_chain(tiny, job):
 
 @pytest.mark.parametrize("mode", ["full", "delta"])
 def test_new_mac_addresses(job, mode):
-    if mode == "delta":
-        require_vhd_files(job.remote)
     fixture = job.full("tiny-01", compression=None) if mode == "full" else job.delta("tiny-01")
     outcome = restore(job, fixture, new_mac_addresses=True)
     macs = macs_of(job.client, outcome.vm_ref)
     assert sorted(macs) == sorted(fixture.macs) and all(macs[d] != fixture.macs[d] for d in macs)
     plan = outcome.plan.to_dict()
-    assert [v["mac"] for v in plan["vifs"]] == ([None] if mode == "delta" else [None])
+    assert [v["mac"] for v in plan["vifs"]] == [None]  # renewed: xapi picks new ones
 
 
 def test_second_restore_of_the_same_backup_is_a_no_op_unless_forced(job):
-    require_vhd_files(job.remote)
     fixture = job.delta("tiny-01")
     first = restore(job, fixture)
     before = pool_objects(job.client)
@@ -174,7 +178,6 @@ def test_second_restore_of_the_same_backup_is_a_no_op_unless_forced(job):
 
 
 def test_check_mode_plans_and_creates_nothing(job):
-    require_vhd_files(job.remote)
     fixture = job.delta("tiny-01")
     before = pool_objects(job.client)
     outcome = restore(job, fixture, check_mode=True, name="planned")
@@ -182,19 +185,20 @@ def test_check_mode_plans_and_creates_nothing(job):
     plan = outcome.to_dict()["plan"]
     sizes = {}
     for position, disk in fixture.disks.items():
-        with job.storage.open_read(disk.vhd) as f:
-            vhd = VhdFile(f, disk.vhd)
+        with open_disk(job.storage, disk.vhd) as vhd:
             sizes[position] = (vhd.virtual_size, len(vhd.allocated_blocks()))
     assert [(d["position"], d["virtual_size"], d["sr"]["name_label"], d["skipped"]) for d in plan["disks"]] == [
         ("0", sizes["0"][0], "Local storage", False),
         ("1", sizes["1"][0], "Local storage", False),
     ]
-    # a full chain flattens to the footer, header, BAT and each block (bitmap + 2 MiB) plus the footer
-    assert (
-        plan["bytes_to_transfer"]
-        == sum(d["bytes"] for d in plan["disks"])
-        == job.storage.size(fixture.disks["0"].vhd) + job.storage.size(fixture.disks["1"].vhd)
-    )
+    # a full chain flattens to the footer, header, BAT and each block (bitmap + 2 MiB) plus the footer:
+    # the size of XO's own VHD file for the first backup of the chain
+    if uses_vhd_directories(job.remote):
+        bat = {p: -(-(-(-size // (2 * MIB)) * 4) // 512) * 512 for p, (size, _) in sizes.items()}
+        flat = [1536 + bat[p] + n * (512 + 2 * MIB) + 512 for p, (_, n) in sizes.items()]
+    else:
+        flat = [job.storage.size(fixture.disks[p].vhd) for p in ("0", "1")]
+    assert plan["bytes_to_transfer"] == sum(d["bytes"] for d in plan["disks"]) == sum(flat)
     assert plan["vm"]["name_label"] == "planned" and plan["vm"]["vcpus"] == 2
     (vif,) = plan["vifs"]
     assert (vif["device"], vif["mac"], vif["mapped_by"]) == ("0", fixture.macs["0"], "uuid")
@@ -204,7 +208,6 @@ def test_check_mode_plans_and_creates_nothing(job):
 
 
 def test_disks_placed_per_disk_or_left_out(sim_factory, tmp_path, remote):
-    require_vhd_files(remote)
     lab = tiny_lab_with(tmp_path, srs=[{"name": "Second SR", "type": "ext", "size": "2GiB"}])
     sim = sim_factory(lab=lab)
     with XoJob(sim, remote) as job:
@@ -227,7 +230,6 @@ def test_disks_placed_per_disk_or_left_out(sim_factory, tmp_path, remote):
 
 
 def test_network_map_and_dropped_vifs(sim_factory, tmp_path, remote):
-    require_vhd_files(remote)
     lab = tiny_lab_with(tmp_path, networks=[{"name": "storage-vlan-20", "bridge": "xapi1", "vlan": 20}])
     sim = sim_factory(lab=lab)
     with XoJob(sim, remote) as job:
@@ -246,7 +248,6 @@ def test_network_map_and_dropped_vifs(sim_factory, tmp_path, remote):
 
 
 def test_vm_cannot_start_while_its_disks_are_imported(tiny, job):
-    require_vhd_files(job.remote)
     fixture = job.delta("tiny-01")
     tiny.fault(path="/import_raw_vdi", action="throttle", rate=8 * MIB)  # the first disk takes > 1 s
     done = {}
@@ -271,7 +272,6 @@ def test_vm_cannot_start_while_its_disks_are_imported(tiny, job):
 
 # -- the fixtures themselves: XO's layout, checked file by file -------------------------------------
 def test_fixtures_lay_out_backups_as_xen_orchestra(job, remote):
-    require_vhd_files(remote)
     full = job.full("tiny-01", compression="zstd")
     first, second = job.delta("tiny-01"), job.delta("tiny-01")
     storage = remote.storage
@@ -287,19 +287,24 @@ def test_fixtures_lay_out_backups_as_xen_orchestra(job, remote):
                                      "vtpms", "tags", "size"]  # fmt: skip
     md = json.loads(storage.read_bytes(second.id))
     assert isinstance(md["vm"]["memory_static_max"], int), "int64 fields are JSON numbers, as XO stores them"
+    suffix = ".alias.vhd" if uses_vhd_directories(remote) else ".vhd"
     for ref, vdi in md["vdis"].items():
         live = vdi["$snapshot_of$uuid"]
-        assert md["vhds"][ref] == f"vdis/{job.job_id}/{live}/20240620T020003Z.vhd"
+        assert md["vhds"][ref] == f"vdis/{job.job_id}/{live}/20240620T020003Z{suffix}"
         assert vdi["other_config"]["xo:backup:job"] == job.job_id and "xo:base_delta_vdi" in vdi["other_config"]
     (vif,) = md["vifs"].values()
     assert vif["$network$VLAN"] == -1 and vif["$network$name_label"] == "Pool-wide network associated with eth0"
     for position in ("0", "1"):
         child_path, parent_path = second.disks[position].vhd, first.disks[position].vhd
-        with storage.open_read(child_path) as c, storage.open_read(parent_path) as p:
-            child, parent = VhdFile(c, child_path), VhdFile(p, parent_path)
+        with open_disk(storage, child_path) as child, open_disk(storage, parent_path) as parent:
             assert child.footer.creator_application == b"xo  " and child.is_differencing
             assert child.footer.uuid_str == second.disks[position].snapshot_uuid
             assert child.parent_name == parent_path.rsplit("/", 1)[1]
             assert child.parent_uuid == parent.uuid and not parent.is_differencing
             assert child.header.table_offset == 1536
+    if uses_vhd_directories(remote):
+        alias = second.disks["0"].vhd
+        assert storage.read_bytes(alias) == b"data/20240620T020003Z.vhd"
+        directory = alias.rsplit("/", 1)[0] + "/data/20240620T020003Z.vhd"
+        assert json.loads(storage.read_bytes(f"{directory}/chunk-filters.json")) == ["brotli"]
     assert storage.exists(f"xo-vm-backups/{full.vm_uuid}/cache.json.gz")

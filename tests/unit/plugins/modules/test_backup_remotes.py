@@ -1,10 +1,13 @@
 """backup, backup_info and restore unchanged over every remote kind: SMB (real Samba) and S3 (rclone)."""
 
+import json
 import os
 
+import brotli
 import pytest
 from module_runner import run_module
 
+from ansible_collections.xapi.proxy.plugins.module_utils._storage import open_remote
 from xapisim.pytest_plugin import HERE
 
 TINY = HERE / "labs" / "tiny.yml"
@@ -52,20 +55,79 @@ def test_backup_verify_and_restore_over_the_remote(sim_factory, remote_url, tmp_
         assert secret not in str(result)
 
 
-def test_retention_on_s3_keeps_chains_instead_of_merging(tiny, new_s3_url, tmp_path):
-    job = {"hostname": tiny.url, "password": tiny.password, "ca_path": str(tiny.ca_path), "job": "s3-keep",
+def test_incrementals_on_s3_are_vhd_directories_merged_by_moving_blocks(tiny, new_s3_url, tmp_path):
+    """XO's S3 layout: one brotli object per block behind <ts>.alias.vhd; retention merges by moving objects."""
+    job = {"hostname": tiny.url, "password": tiny.password, "ca_path": str(tiny.ca_path), "job": "s3-chain",
            "names": ["tiny-01"], "remotes": [new_s3_url], "retention": 2,
            "progress_dir": str(tmp_path / "progress")}  # fmt: skip
+    conn = {k: job[k] for k in ("hostname", "password", "ca_path")}
     with tiny.xapi() as x:
         vm = x.VM.get_by_name_label("tiny-01")[0]
-        root = x.VDI.get_uuid(next(x.VBD.get_VDI(v) for v in x.VM.get_VBDs(vm) if x.VBD.get_userdevice(v) == "0"))
+        disks = {x.VBD.get_userdevice(v): x.VDI.get_uuid(x.VBD.get_VDI(v)) for v in x.VM.get_VBDs(vm)
+                 if x.VBD.get_type(v) == "Disk"}  # fmt: skip
+    storage = open_remote(new_s3_url)
+    at_backup, objects_before, second_alias = {}, {}, None
     for run in range(4):
-        tiny.write(root, os.urandom(MiB), offset=run * 4 * MiB)
+        tiny.write(disks["0"], os.urandom(MiB), offset=run * 4 * MiB)
+        if run == 2:  # the run whose retention merges run 0 into run 1: remember run 1's objects
+            objects_before = block_objects(storage, folder_of(second_alias))
         rc, result = run_module("backup", job)
         assert rc == 0, result.get("msg")
-    retention = next(iter(result["vms"][0]["retention"].values()))
-    assert retention["removed"] and not retention["merged"]
-    assert any("kept as parents" in w for w in retention["warnings"])
+        vm_result = result["vms"][0]
+        at_backup[vm_result["backup_id"]] = {p: tiny.sha256(u) for p, u in disks.items()}
+        md = json.loads(storage.read_bytes(vm_result["backup_id"]))
+        aliases = sorted(md["vhds"].values())
+        assert all(a.endswith(".alias.vhd") for a in aliases), aliases
+        if run == 1:
+            ref = next(r for r, v in md["vdis"].items() if v["$snapshot_of$uuid"] == disks["0"])  # the written disk
+            second_alias = f"xo-vm-backups/{md['vm']['uuid']}/{md['vhds'][ref]}"
+            directory = folder_of(second_alias)
+            assert storage.read_bytes(second_alias).decode() == "data/" + second_alias.rsplit("/", 1)[1].replace(
+                ".alias.vhd", ".vhd"
+            )
+            assert json.loads(storage.read_bytes(f"{directory}/chunk-filters.json")) == ["brotli"]
+            blobs = block_objects(storage, directory)
+            assert blobs and all(len(brotli.decompress(b)) == 512 + 2 * MiB for b in blobs.values())
+        if run == 2:
+            retention = next(iter(vm_result["retention"].values()))
+            assert retention["removed"] and retention["merged"] and not retention["warnings"]
+            # run 1's disk now lives in run 0's directory (alias renamed), holding run 1's objects unchanged
+            merged_dir = alias_target(storage, second_alias)
+            assert merged_dir != folder_of(second_alias) and not storage.exists(folder_of(second_alias))
+            merged = block_objects(storage, merged_dir)
+            assert objects_before and all(merged[k] == v for k, v in objects_before.items())
     rc, info = run_module("backup_info", {"remote": new_s3_url, "verify": True, "vm": "tiny-01"})
     assert rc == 0, info.get("msg")
-    assert len(info["backups"]) == 2 and all(not b["problems"] for b in info["backups"])
+    assert len(info["backups"]) == 2 and all(b["verified"] and not b["problems"] for b in info["backups"])
+    # no orphan: each disk folder holds as many VHD directories as aliases
+    for folder in {a.rsplit("/", 1)[0] for a in aliases}:
+        vdi_dir = f"xo-vm-backups/{md['vm']['uuid']}/{folder}"
+        names = storage.list(vdi_dir)
+        assert len(storage.list(f"{vdi_dir}/data")) == sum(n.endswith(".alias.vhd") for n in names) == 2
+    for backup in info["backups"]:  # both kept points restore exactly
+        rc, restored = run_module("restore", {**conn, "remote": new_s3_url, "backup": backup["id"],
+                                              "name": backup["id"], "sr": "Local storage"})  # fmt: skip
+        assert rc == 0, restored.get("msg")
+        with tiny.xapi() as x:
+            new = x.VM.get_by_uuid(restored["vm"]["uuid"])
+            got = {x.VBD.get_userdevice(v): tiny.sha256(x.VDI.get_uuid(x.VBD.get_VDI(v))) for v in x.VM.get_VBDs(new)
+                   if x.VBD.get_type(v) == "Disk"}  # fmt: skip
+        assert got == at_backup[backup["id"]]
+    storage.close()
+
+
+def folder_of(alias):
+    folder, name = alias.rsplit("/", 1)
+    return f"{folder}/data/{name.replace('.alias.vhd', '.vhd')}"
+
+
+def alias_target(storage, alias):
+    return f"{alias.rsplit('/', 1)[0]}/{storage.read_bytes(alias).decode()}"
+
+
+def block_objects(storage, directory):
+    out = {}
+    for group in storage.list(f"{directory}/blocks", missing_ok=True):
+        for name in storage.list(f"{directory}/blocks/{group}"):
+            out[f"{group}/{name}"] = storage.read_bytes(f"{directory}/blocks/{group}/{name}")
+    return out

@@ -1,0 +1,214 @@
+"""Merge children into a parent VHD directory by moving block objects (xo-backups.md §2).
+
+Where the newest child holding a block is itself a VHD directory compressed like the parent, its
+block object is renamed into the parent: no data is read or rewritten, which is what makes merges
+on object stores cheap. Blocks of other members (VHD files, other compression) are assembled
+through the chain and written compressed. The parent's BAT, header and footer (taking the child's
+uuid, size and timestamp, footer last) are written once every block is in place.
+
+Resuming follows the state file the caller persists (``.<parent>.merge.json``, the same format as
+file merges). Blocks go in ascending order and the state's ``currentBlock`` never runs ahead of
+them, so on a resumed run a block whose source object is already gone was moved before the
+interruption; on a fresh merge a missing block object is an error.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+from ansible_collections.xapi.proxy.plugins.module_utils._storage import NotFoundError
+from ansible_collections.xapi.proxy.plugins.module_utils._vhd_bitmap import mask_to_bitmap
+from ansible_collections.xapi.proxy.plugins.module_utils._vhd_chain import VhdChain
+from ansible_collections.xapi.proxy.plugins.module_utils._vhd_directory import VhdDirectory, set_bat_bit
+from ansible_collections.xapi.proxy.plugins.module_utils._vhd_errors import VhdMergeError, VhdParentMismatchError
+from ansible_collections.xapi.proxy.plugins.module_utils._vhd_format import block_count, uuid_str
+from ansible_collections.xapi.proxy.plugins.module_utils._vhd_merge import (
+    _CLEANUP_STEPS,
+    DEFAULT_STATE_INTERVAL,
+    STEP_CLEANUP,
+    STEP_MERGE_BLOCKS,
+)
+
+
+def merge_vhd_directory(
+    parent,
+    child,
+    state=None,
+    on_state=None,
+    state_interval=DEFAULT_STATE_INTERVAL,
+    chain=None,
+    clock=None,
+    on_progress=None,
+):
+    """Merge ``child`` (a VHD-like member, or a partial VhdChain newest first) into ``parent``.
+
+    ``parent`` is a :class:`VhdDirectory`; the other arguments and the returned state are those of
+    ``_vhd_merge.merge_vhd``.
+    """
+    if state is not None and state.get("step") in _CLEANUP_STEPS:
+        return state
+    if not isinstance(parent, VhdDirectory):
+        raise VhdMergeError("the parent of a block-moving merge must be a VHD directory", getattr(parent, "name", None))
+    members = list(child.members) if isinstance(child, VhdChain) else [child]
+    merger = _DirectoryMerger(parent, members, on_state, state_interval, clock or time.monotonic, on_progress)
+    return merger.run(copy.deepcopy(state), list(chain or []))
+
+
+class _DirectoryMerger:
+    def __init__(self, parent, members, on_state, interval, clock, on_progress):
+        self.parent = parent
+        self.members = members  # newest first
+        self.newest = members[0]
+        self.storage = parent.storage
+        self.on_state = on_state
+        self.interval = interval
+        self.clock = clock
+        self.on_progress = on_progress
+        self.last_save = None
+        self.block_size = parent.block_size
+        self._chain = None
+
+    def run(self, state, chain):
+        parent, newest = self.parent, self.newest
+        entries = block_count(newest.virtual_size, self.block_size)
+        found = set()
+        for member in self.members:
+            found.update(i for i in member.allocated_blocks() if i < entries)
+        blocks = sorted(found)
+        resuming = state is not None
+        if state is None:
+            self._check_fresh()
+            state = {
+                "child": {"uuid": uuid_str(newest.uuid)},
+                "parent": {"uuid": uuid_str(parent.uuid)},
+                "chain": chain,
+                "currentBlock": blocks[0] if blocks else entries,
+                "mergedDataSize": 0,
+                "step": STEP_MERGE_BLOCKS,
+                "diskSize": len(blocks) * self.block_size,
+            }
+            self._save(state, force=True)
+        else:
+            self._check_resume(state)
+        start = int(state["currentBlock"])
+        done = sum(1 for i in blocks if i < start)
+        for position, index in enumerate(blocks):
+            if index < start:
+                continue
+            self._merge_block(index, resuming)
+            done += 1
+            state["currentBlock"] = blocks[position + 1] if position + 1 < len(blocks) else index + 1
+            state["mergedDataSize"] = done * self.block_size
+            self._save(state)
+            if self.on_progress is not None:
+                self.on_progress(done, len(blocks))
+        self._write_tables(blocks, entries)
+        state["mergedDataSize"] = len(blocks) * self.block_size
+        state["step"] = STEP_CLEANUP
+        self._save(state, force=True)
+        return state
+
+    # -- checks ---------------------------------------------------------------------------------
+    def _check_fresh(self):
+        oldest = self.members[-1]
+        if not oldest.is_differencing:
+            raise VhdMergeError("the child is not a differencing disk", oldest.name)
+        if oldest.parent_uuid != self.parent.uuid:
+            raise VhdParentMismatchError(
+                f"{oldest.name!r} expects parent uuid {uuid_str(oldest.parent_uuid)} but {self.parent.name!r} "
+                f"has uuid {uuid_str(self.parent.uuid)}",
+                oldest.name,
+            )
+        self._check_block_size()
+
+    def _check_resume(self, state):
+        try:
+            child_uuid, parent_uuid = state["child"]["uuid"], state["parent"]["uuid"]
+            state["currentBlock"] = int(state.get("currentBlock") or 0)  # NaN stored as null: start over
+        except (KeyError, TypeError, ValueError) as exc:
+            raise VhdMergeError(f"merge state is incomplete or malformed: {exc!r}", self.parent.name) from None
+        if state.get("step") != STEP_MERGE_BLOCKS:
+            raise VhdMergeError(f"unknown merge step {state.get('step')!r}", self.parent.name)
+        if uuid_str(self.newest.uuid) != child_uuid:
+            raise VhdMergeError(
+                f"merge state is for child uuid {child_uuid}, but {self.newest.name!r} has "
+                f"{uuid_str(self.newest.uuid)}",
+                self.newest.name,
+            )
+        if uuid_str(self.parent.uuid) not in (parent_uuid, child_uuid):
+            raise VhdMergeError(
+                f"merge state is for parent uuid {parent_uuid}, but {self.parent.name!r} has "
+                f"{uuid_str(self.parent.uuid)}",
+                self.parent.name,
+            )
+        self._check_block_size()
+
+    def _check_block_size(self):
+        for member in self.members:
+            if member.block_size != self.block_size:
+                raise VhdMergeError(
+                    f"block size {member.block_size} of {member.name!r} differs from {self.block_size} of the parent",
+                    self.parent.name,
+                )
+
+    # -- blocks -----------------------------------------------------------------------------------
+    def _merge_block(self, index, resuming):
+        parent = self.parent
+        holder = next(m for m in self.members if m.has_block(index))
+        target = parent.block_path(index)
+        if isinstance(holder, VhdDirectory) and holder.codec.name == parent.codec.name:
+            source = holder.block_path(index)
+            try:
+                self.storage.rename(source, target)
+            except NotFoundError:
+                # Moved just before an interruption (the state lags behind by design); the parent has it.
+                if not (resuming and self.storage.exists(target)):
+                    raise VhdMergeError(
+                        f"block {index} is listed in the BAT of {holder.name!r} but {source} is missing",
+                        holder.name,
+                    ) from None
+        else:
+            mask, data = self._whole_chain().read_block_mask(index)
+            payload = mask_to_bitmap(mask, self.block_size) + bytes(data)
+            self.storage.write_bytes(target, parent.codec.compress(payload))
+
+    def _whole_chain(self):
+        # Sectors the children leave clear come from the parent: what the merged block must hold.
+        if self._chain is None:
+            self._chain = VhdChain([*self.members, self.parent], allow_differencing_root=True)
+        return self._chain
+
+    def _write_tables(self, blocks, entries):
+        parent = self.parent
+        if entries > parent.entries:
+            parent.header = parent.header.replace(max_table_entries=entries)
+            parent.entries = entries
+        need = -(-parent.entries // 8)
+        if len(parent.bat) < need:
+            parent.bat.extend(bytes(need - len(parent.bat)))
+        for index in blocks:
+            set_bat_bit(parent.bat, index)
+        source = self.newest.footer
+        footer = parent.footer.replace(
+            uuid=source.uuid,
+            current_size=source.current_size,
+            original_size=source.original_size,
+            geometry=source.geometry,
+            timestamp=source.timestamp,
+        )
+        directory = parent.directory
+        self.storage.write_bytes(f"{directory}/bat", bytes(parent.bat))
+        self.storage.write_bytes(f"{directory}/header", parent.header.to_bytes())
+        self.storage.write_bytes(f"{directory}/footer", footer.to_bytes())  # last: this is what says "merged"
+        parent.footer = footer
+
+    # -- state ----------------------------------------------------------------------------------
+    def _save(self, state, force=False):
+        if self.on_state is None:
+            return
+        now = self.clock()
+        if not force and self.last_save is not None and now - self.last_save < self.interval:
+            return
+        self.on_state(copy.deepcopy(state))
+        self.last_save = now
