@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from ._restore_errors import ChecksumMismatchError, RestoreError, RestoreInputError
 from ._restore_plan import NULL_REF, plan_restore
 from ._storage import NotFoundError, StorageError
+from ._vhd_errors import VhdError
 from ._xapi_errors import XapiError
 from ._xapi_http import READ_SIZE, put_stream
 from ._xapi_tasks import run_async
@@ -574,7 +575,10 @@ class Restore:
         stream = disk.chain.flattened_vhd()
         where = f"position {disk.userdevice}" if disk.userdevice else "suspend image"
         action = f"Import of disk {disk.name_label!r} ({where})"
-        put_stream(self.client, "/import_raw_vdi", stream.reader(), stream.size, action, vdi=vdi_ref, format="vhd")
+        try:
+            put_stream(self.client, "/import_raw_vdi", stream.reader(), stream.size, action, vdi=vdi_ref, format="vhd")
+        except VhdError as e:  # found while streaming: a block missing or damaged on the remote
+            raise RestoreError(f"{action} stopped: the backup is damaged, {e}") from None
         self.outcome.bytes_transferred += stream.size
 
     # -- both ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from ansible_collections.xapi.proxy.plugins.module_utils._restore_errors import 
     RestoreError,
 )
 from ansible_collections.xapi.proxy.plugins.module_utils._restore_select import load_backup
+from ansible_collections.xapi.proxy.plugins.module_utils._vhd_directory import open_alias
 
 MIB = 1 << 20
 SR_FULL = ["SR_BACKEND_FAILURE_44", "", "There is insufficient space", ""]
@@ -143,6 +144,29 @@ def test_missing_newest_vhd_names_the_file(job, remote):
     remote.storage.delete(fixture.disks["0"].vhd)
     e = failed_restore(job, fixture)
     assert f"its VHD {fixture.disks['0'].vhd} is missing" in str(e)
+
+
+@pytest.fixture
+def s3_job(tiny, request, tmp_path):
+    r = make_remote("s3", tmp_path, request)  # XO's S3 incrementals: VHD directories behind aliases
+    with XoJob(tiny, r) as j:
+        yield j
+    r.close()
+
+
+def test_vhd_directory_missing_block_object_or_parent_alias_is_named(s3_job):
+    storage = s3_job.storage
+    points = [s3_job.delta("tiny-01") for _ in range(2)]
+    parent_alias, child_alias = points[0].disks["0"].vhd, points[1].disks["0"].vhd
+    parent, child = open_alias(storage, parent_alias), open_alias(storage, child_alias)
+    index = next(i for i in parent.allocated_blocks() if not child.has_block(i))  # read from the parent
+    storage.delete(parent.block_path(index))
+    e = failed_restore(s3_job, points[1])
+    assert f"block {index} is listed in the BAT but its object is missing" in str(e)
+    assert parent.block_path(index) in str(e) and "tiny-01 root" in str(e)
+    storage.delete(parent_alias)
+    e = failed_restore(s3_job, points[1])
+    assert parent_alias in str(e) and "chain is broken" in str(e)
 
 
 def test_missing_xva_is_reported(job, remote):
