@@ -131,3 +131,48 @@ def block_objects(storage, directory):
         for name in storage.list(f"{directory}/blocks/{group}"):
             out[f"{group}/{name}"] = storage.read_bytes(f"{directory}/blocks/{group}/{name}")
     return out
+
+
+@pytest.fixture(params=["smb", "file-vhd-directory"])
+def merge_remote(request, tmp_path):
+    if request.param == "smb":
+        return request.getfixturevalue("new_smb_url")
+    root = tmp_path / "remote"
+    root.mkdir()
+    return f"file://{root}?useVhdDirectory=true"
+
+
+def test_retention_merges_and_every_kept_point_restores(tiny, merge_remote, tmp_path):
+    """In-place VHD merges over SMB; block-moving merges of VHD directories on a local folder."""
+    conn = {"hostname": tiny.url, "password": tiny.password, "ca_path": str(tiny.ca_path)}
+    job = {**conn, "job": "merge", "names": ["tiny-01"], "remotes": [merge_remote], "retention": 2,
+           "progress_dir": str(tmp_path / "progress")}  # fmt: skip
+    with tiny.xapi() as x:
+        vm = x.VM.get_by_name_label("tiny-01")[0]
+        disks = {x.VBD.get_userdevice(v): x.VDI.get_uuid(x.VBD.get_VDI(v)) for v in x.VM.get_VBDs(vm)
+                 if x.VBD.get_type(v) == "Disk"}  # fmt: skip
+    at_backup, merged = {}, 0
+    for run in range(5):
+        tiny.write(disks[str(run % 2)], os.urandom(MiB), offset=run * 3 * MiB)
+        rc, result = run_module("backup", job)
+        assert rc == 0, result.get("msg")
+        vm_result = result["vms"][0]
+        at_backup[vm_result["backup_id"]] = {p: tiny.sha256(u) for p, u in disks.items()}
+        retention = next(iter(vm_result["retention"].values()))
+        assert not retention["warnings"]
+        merged += len(retention["merged"])
+    assert merged >= 3  # runs 3-5 each fold the oldest delta into its child
+    vhds = json.loads(open_remote(merge_remote).read_bytes(vm_result["backup_id"]))["vhds"].values()
+    assert all(v.endswith(".alias.vhd") == merge_remote.startswith("file:") for v in vhds), vhds
+    rc, info = run_module("backup_info", {"remote": merge_remote, "verify": True, "vm": "tiny-01"})
+    assert rc == 0, info.get("msg")
+    assert len(info["backups"]) == 2 and all(b["verified"] and not b["problems"] for b in info["backups"])
+    for backup in info["backups"]:
+        rc, restored = run_module("restore", {**conn, "remote": merge_remote, "backup": backup["id"],
+                                              "name": backup["id"], "sr": "Local storage"})  # fmt: skip
+        assert rc == 0, restored.get("msg")
+        with tiny.xapi() as x:
+            new = x.VM.get_by_uuid(restored["vm"]["uuid"])
+            got = {x.VBD.get_userdevice(v): tiny.sha256(x.VDI.get_uuid(x.VBD.get_VDI(v))) for v in x.VM.get_VBDs(new)
+                   if x.VBD.get_type(v) == "Disk"}  # fmt: skip
+        assert got == at_backup[backup["id"]]
