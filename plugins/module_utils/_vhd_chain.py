@@ -123,8 +123,24 @@ class VhdChain:
 
     def iter_virtual_blocks(self, indexes=None):
         """Yield (index, data) for ``indexes`` (default: every allocated block), in that order."""
-        for index in self.allocated_blocks() if indexes is None else indexes:
+        indexes = self.allocated_blocks() if indexes is None else list(indexes)
+        self._prefetch(indexes)
+        for index in indexes:
             yield index, self.read_block(index)
+
+    def _prefetch(self, indexes):
+        """Let members that can read ahead (VHD directories) fetch the blocks they will be asked for:
+        each block from the newest member holding it (a fully written block ends the walk there)."""
+        if not any(hasattr(m, "prefetch") for m in self.members) or indexes != sorted(indexes):
+            return
+        wanted = {id(m): [] for m in self.members}
+        for index in indexes:
+            holder = next((m for m in self.members if m.has_block(index)), None)
+            if holder is not None:
+                wanted[id(holder)].append(index)
+        for member in self.members:
+            if hasattr(member, "prefetch") and wanted[id(member)]:
+                member.prefetch(wanted[id(member)])
 
     def flattened_vhd(self, uuid=None, timestamp=None):
         """ONE dynamic VHD of the whole chain: a ChainStream with ``size`` known before any read."""
@@ -144,6 +160,7 @@ class VhdChain:
 
     def _iter_raw(self):
         allocated = set(self.allocated_blocks())
+        self._prefetch(sorted(allocated))
         remaining = self.virtual_size
         for index in range(self.block_count):
             data = self.read_block(index) if index in allocated else self._zero

@@ -306,3 +306,20 @@ def test_directory_reports_its_source_as_a_chain_member(storage):
     member = remote_vhd_opener(storage)(alias(1))
     assert isinstance(member, VhdDirectory) and member.name == alias(1)
     assert member.directory == directory_of(alias(1))
+
+
+def test_reads_ahead_follow_the_chain_and_skip_what_it_does_not_ask(storage):
+    """Each block is fetched ahead from the newest member holding it; the result is the same disk."""
+    expected, d1, d2 = build_chain(storage, density=0.6)
+    with open_vhd_chain(alias(3), opener=remote_vhd_opener(storage)) as chain:
+        newest, middle, base = chain.members
+        assert b"".join(chain.raw_stream()) == expected
+        streamed = b"".join(chain.flattened_vhd(timestamp=0))
+        # a member asked for a block it did not prefetch (or out of order) still reads it directly
+        index = next(i for i in middle.allocated_blocks() if newest.has_block(i))
+        assert middle.read_block_raw(index)[1] == d1[index].ljust(BS, b"\0")
+    with open_vhd_chain(alias(3), opener=remote_vhd_opener(storage)) as chain:
+        assert b"".join(chain.flattened_vhd(timestamp=0)) == streamed
+        holders = {next(m for m in chain.members if m.has_block(i)).name for i in chain.allocated_blocks()}
+        assert len(holders) >= 2 and {m.name for m in chain.members if m._pool is not None} == holders
+    assert all(m._pool is None for m in chain.members), "closing the chain stops its readers"
