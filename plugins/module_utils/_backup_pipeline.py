@@ -3,6 +3,11 @@
 TLS decryption of the XAPI stream and MD5/file writes each take a core's worth of work at several
 hundred MB/s; done one after the other they halve the throughput. A single writer thread with a
 short queue lets them run side by side while memory stays bounded (``depth`` pieces in flight).
+
+:class:`BufferPool` lets the reader fill the same few buffers again and again (``readinto``) and hand
+each to several consumers at once: no ``bytes`` object is made or copied per piece, and memory is
+the pool, allocated once. A consumer must not keep a piece once its job returned (every storage
+write stream copies or sends what it is given before returning).
 """
 
 from __future__ import annotations
@@ -11,6 +16,10 @@ import queue
 import threading
 
 _STOP = object()
+# A streamed export's buffers: large pieces (fewer calls per byte; hashlib and the TLS layer release
+# the GIL for each), a few of them (reading, hashing and writing each hold one or two): 24 MiB in all.
+PIECE_SIZE = 4 << 20
+PIECES = 6
 
 
 class WriterThread:
@@ -24,18 +33,28 @@ class WriterThread:
 
     def _run(self):
         while True:
-            job = self._queue.get()
-            if job is _STOP:
+            item = self._queue.get()
+            if item is _STOP:
                 return
-            if self._error is None:
-                try:
+            job, done = item
+            try:
+                if self._error is None:
                     job()
-                except BaseException as e:  # handed to the reading thread, which decides
-                    self._error = e
+            except BaseException as e:  # handed to the reading thread, which decides
+                self._error = e
+            finally:
+                if done is not None:  # even for a job skipped after an error: a pool piece goes back
+                    done()
 
-    def submit(self, job):
-        self._raise()
-        self._queue.put(job)
+    def submit(self, job, done=None):
+        """Queue ``job``; ``done`` (e.g. a pool piece's ``release``) runs after it, even if it is skipped."""
+        try:
+            self._raise()
+        except BaseException:
+            if done is not None:
+                done()
+            raise
+        self._queue.put((job, done))
 
     def _raise(self):
         if self._error is not None:
@@ -60,3 +79,42 @@ class WriterThread:
             self._queue.put(_STOP)
             self._thread.join()
         return False
+
+
+class BufferPool:
+    """``count`` reusable buffers of ``size`` bytes, allocated once.
+
+    :meth:`acquire` blocks until a buffer is free and hands it out as a :class:`Piece` that ``users``
+    consumers share; it comes back when each of them called :meth:`Piece.release`.
+    """
+
+    def __init__(self, count, size):
+        self.count = count
+        self.size = size
+        self._free = queue.Queue()
+        for _ in range(count):
+            self._free.put(Piece(self, bytearray(size)))
+
+    def acquire(self, users=1):
+        piece = self._free.get()
+        piece._users = users
+        return piece
+
+
+class Piece:
+    """One buffer of a :class:`BufferPool`: ``view`` is the whole buffer, a ``memoryview``."""
+
+    __slots__ = ("_lock", "_pool", "_users", "view")
+
+    def __init__(self, pool, buffer):
+        self._pool = pool
+        self._lock = threading.Lock()
+        self._users = 0
+        self.view = memoryview(buffer)
+
+    def release(self):
+        with self._lock:
+            self._users -= 1
+            last = self._users == 0
+        if last:
+            self._pool._free.put(self)

@@ -249,16 +249,25 @@ class VmBackup:
                         t.fail("opening the XVA file", e)
             self._require_targets()
             checksum = XvaChecksum()
+            from ._backup_pipeline import PIECE_SIZE, PIECES, BufferPool  # noqa: PLC0415 - local to this method
+
+            # A few reused buffers: XAPI's bytes land in them (readinto, no copy) and each piece goes to
+            # the hashing and the writing threads at once; it is refilled once both are done with it.
+            pool = BufferPool(PIECES, PIECE_SIZE)
             try:
                 # Hashing and writing each get a thread: with reading, three streams of work at once.
-                with WriterThread(name="xapi-proxy-md5") as hasher, WriterThread() as writer:
+                with WriterThread(PIECES, "xapi-proxy-md5") as hasher, WriterThread(PIECES) as writer:
                     while True:
-                        data = stream.read()
-                        if not data:
+                        piece = pool.acquire(users=2)
+                        n = stream.readinto(piece.view)
+                        if not n:
                             break
-                        self._count(len(data))
-                        hasher.submit(lambda d=data: checksum.update(d))
-                        writer.submit(lambda d=data: self._fan_out(sinks, lambda s: s.write(d), "writing the XVA"))
+                        data = piece.view[:n]
+                        self._count(n)
+                        hasher.submit(lambda d=data: checksum.update(d), piece.release)
+                        writer.submit(
+                            lambda d=data: self._fan_out(sinks, lambda s: s.write(d), "writing the XVA"), piece.release
+                        )
                         self.deadline.check()
             except BaseException:
                 for s in sinks.values():

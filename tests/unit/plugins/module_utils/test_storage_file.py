@@ -4,7 +4,9 @@ Full disks and permission denials are checked for every backend in test_storage_
 """
 
 import errno
+import hashlib
 import os
+import shutil
 import stat
 import subprocess
 import time
@@ -12,6 +14,7 @@ import time
 import pytest
 from fs_helpers import tmpfs
 
+from ansible_collections.xapi.proxy.plugins.module_utils import _storage_file
 from ansible_collections.xapi.proxy.plugins.module_utils._storage import (
     AlreadyExistsError,
     LockedError,
@@ -107,3 +110,36 @@ def test_os_errors_map_to_the_hierarchy(code, kind, text):
     assert isinstance(err, OSError) and err.errno == code and err.path == "xo-vm-backups/vm/a.xva"
     assert str(err).startswith("cannot write xo-vm-backups/vm/a.xva on file:///srv: ")
     assert text in str(err)
+
+
+def _resident(path):
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return int(out.stdout.split()[0])
+
+
+@pytest.mark.skipif(not shutil.which("fincore"), reason="fincore (util-linux) is not installed")
+def test_long_writes_leave_the_page_cache_behind_them(tmp_path):
+    """Write-behind: a long stream keeps only its last stretches in the page cache; the bytes are exact."""
+    piece = os.urandom(3 * MiB + 1234)  # odd sizes: stretches do not line up with writes
+    digest = hashlib.sha256()
+    with open_remote(f"file://{tmp_path}") as store:
+        out = store.open_write("big.xva")
+        for _ in range(40):  # about 120 MiB
+            out.write(memoryview(piece))
+            digest.update(piece)
+        resident = _resident(tmp_path / out.temp_path)
+        assert resident <= 3 * _storage_file.WRITE_BEHIND + 4 * MiB, resident
+        out.commit()
+    with open(tmp_path / "big.xva", "rb") as f:
+        assert hashlib.file_digest(f, "sha256").hexdigest() == digest.hexdigest()
+
+
+def test_writes_without_sync_file_range_still_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(_storage_file, "_sync_file_range", False)  # not Linux, or no such call in libc
+    with open_remote(f"file://{tmp_path}") as store:
+        out = store.open_write("big.xva")
+        for i in range(20):
+            out.write(bytes([i]) * (2 * MiB))
+        out.commit()
+    assert (tmp_path / "big.xva").read_bytes() == b"".join(bytes([i]) * (2 * MiB) for i in range(20))

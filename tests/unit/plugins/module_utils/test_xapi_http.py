@@ -97,3 +97,28 @@ def test_failed_import_task_is_reported(tiny, client):
     with pytest.raises(TransferError) as e:
         put_stream(client, "/import_raw_vdi", io.BytesIO(bytes(4096)), 4096, "import of a test disk", vdi=vdi)
     assert e.value.code == "VDI_IO_ERROR"
+
+
+def test_readinto_fills_reused_buffers_with_the_same_bytes(tiny, client):
+    _, vdi = snapshot_disk(client)
+    buf = memoryview(bytearray(3 << 20))  # not a divisor of the disk size: the last piece is short
+    h, total = hashlib.sha256(), 0
+    with ExportStream(client, "/export_raw_vdi", "export of tiny-01 disk 0", vdi=vdi, format="raw") as s:
+        while n := s.readinto(buf):
+            h.update(buf[:n])
+            total += n
+        assert s.readinto(buf) == 0 and s.read() == b"", "the end stays the end"
+    assert total == s.bytes == 64 << 20
+    assert h.hexdigest() == tiny.sha256(client.call("VDI.get_uuid", vdi))
+    assert client.call("task.get_all") == []
+
+
+def test_cut_stream_is_an_error_with_readinto_too(tiny, client):
+    snap, _ = snapshot_disk(client)
+    tiny.fault(path="/export", action="cut", after_bytes=2 << 20)
+    buf = memoryview(bytearray(1 << 20))
+    with ExportStream(client, "/export", "export of tiny-01", ref=snap) as s, pytest.raises(TransferError) as e:
+        while s.readinto(buf):
+            pass
+    assert e.value.bytes_done <= 2 << 20
+    assert client.session_id not in str(e.value)
