@@ -95,8 +95,12 @@ class BufferPool:
         for _ in range(count):
             self._free.put(Piece(self, bytearray(size)))
 
-    def acquire(self, users=1):
-        piece = self._free.get()
+    def acquire(self, users=1, timeout=None):
+        """A free piece for ``users`` consumers; None if none came back within ``timeout`` seconds."""
+        try:
+            piece = self._free.get(timeout=timeout)
+        except queue.Empty:
+            return None
         piece._users = users
         return piece
 

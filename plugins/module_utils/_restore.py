@@ -23,6 +23,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
+from ._backup_pipeline import BufferPool, WriterThread
 from ._restore_errors import ChecksumMismatchError, RestoreError, RestoreInputError
 from ._restore_plan import NULL_REF, plan_restore
 from ._storage import NotFoundError, StorageError
@@ -105,20 +106,23 @@ def _without_backup_keys(config):
 
 # -- checksum-verified XVA stream -------------------------------------------------------------
 class VerifiedReader:
-    """``read()`` of the stored XVA that hashes what passes and checks it before giving the last piece.
+    """The stored XVA in pieces for the upload, hashed on the way and checked before its last piece.
 
     With ``expected`` (an MD5 hex digest) and ``force`` false, a mismatch raises
-    :class:`ChecksumMismatchError` instead of returning the final bytes, so the upload is cut short
+    :class:`ChecksumMismatchError` instead of giving the final piece, so the upload is cut short
     and XAPI discards the import. ``mismatch`` tells afterwards whether the digest differed.
 
-    A helper thread reads and hashes up to ``depth`` pieces ahead while the caller sends the previous
-    ones (hashlib and TLS both release the GIL), so checking costs little wall time; memory stays at
-    ``depth`` pieces whatever the size. Call :meth:`close` when done (or when the upload failed).
+    Three threads share the work: a helper reads the file into a few reused buffers (``depth``
+    pieces of ``piece`` bytes: memory stays flat whatever the size), another hashes each piece, and
+    the caller sends it (:meth:`pieces` hands out views of the buffers, no copy) while it is being
+    hashed; only the last piece waits for the digest. hashlib and TLS release the GIL for large
+    buffers, so the check costs CPU time but little wall time. Call :meth:`close` when done (or when
+    the upload failed).
     """
 
     _EOF = object()
 
-    def __init__(self, stream, size, expected=None, force=False, name="XVA", piece=READ_SIZE, depth=3):
+    def __init__(self, stream, size, expected=None, force=False, name="XVA", piece=READ_SIZE, depth=6):
         self.stream = stream
         self.size = size
         self.expected = expected
@@ -128,10 +132,13 @@ class VerifiedReader:
         self.done = 0  # bytes handed to the caller
         self.mismatch = False
         self._md5 = XvaChecksum()
+        self._pool = BufferPool(depth, piece)
+        self._hasher = WriterThread(depth, "xapi-proxy-md5") if expected is not None else None
         self._queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = None
         self._pending = b""
+        self._chunks = None
 
     def _put(self, item):
         while not self._stop.is_set():
@@ -142,55 +149,102 @@ class VerifiedReader:
                 continue
         return False
 
+    def _acquire(self, users):
+        while not self._stop.is_set():
+            got = self._pool.acquire(users, timeout=0.2)
+            if got is not None:
+                return got
+        return None
+
+    def _fill(self, view):
+        """Read into all of ``view`` (the file gives it in one go, other remotes may not)."""
+        got = 0
+        while got < len(view):
+            n = self.stream.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        return got
+
     def _produce(self):
         read = 0
+        users = 1 if self._hasher is None else 2
         try:
             while read < self.size:
-                data = self.stream.read(min(self.piece, self.size - read))
-                if not data:
+                piece = self._acquire(users)
+                if piece is None:
+                    return
+                n = self._fill(piece.view[: min(self.piece, self.size - read)])
+                if not n:
                     raise RestoreError(
                         f"{self.name} ended after {read} of its {self.size} bytes while being sent; the remote "
                         "file changed or is truncated."
                     )
-                if self.expected is not None:
-                    self._md5.update(data)
-                read += len(data)
-                if read == self.size and self.expected is not None and self._md5.hexdigest != self.expected:
-                    self.mismatch = True
-                    if not self.force:
-                        raise ChecksumMismatchError(
-                            f"{self.name} does not match its checksum file (MD5 {self._md5.hexdigest}, expected "
-                            f"{self.expected}): the backup is damaged. The upload was stopped before its end, so "
-                            "XAPI discarded it. Set force=true to restore it anyway."
-                        )
-                if not self._put(data):
+                data = piece.view[:n]
+                if self._hasher is not None:
+                    self._hasher.submit(lambda d=data: self._md5.update(d), piece.release)
+                read += n
+                if not self._put((piece, data)):
                     return
             self._put(self._EOF)
-        except BaseException as e:  # handed to the reading thread, which raises it
+        except BaseException as e:  # handed to the sending thread, which raises it
             self._put(e)
 
-    def read(self, n=READ_SIZE):
+    def _check(self):
+        """Before the last piece goes: wait for the hashing of every piece, compare the digest."""
+        if self._hasher is None:
+            return
+        self._hasher.close()
+        if self._md5.hexdigest != self.expected:
+            self.mismatch = True
+            if not self.force:
+                raise ChecksumMismatchError(
+                    f"{self.name} does not match its checksum file (MD5 {self._md5.hexdigest}, expected "
+                    f"{self.expected}): the backup is damaged. The upload was stopped before its end, so "
+                    "XAPI discarded it. Set force=true to restore it anyway."
+                )
+
+    def pieces(self):
+        """The XVA's bytes as views of the reused buffers: each is valid until the next one is asked for."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._produce, name="xva-reader", daemon=True)
             self._thread.start()
-        if not self._pending:
+        while True:
             item = self._queue.get()
             if item is self._EOF:
-                self._queue.put(item)  # later reads see the end too
-                return b""
+                self._queue.put(item)  # later calls see the end too
+                return
             if isinstance(item, BaseException):
                 raise item
-            self._pending = item
+            piece, data = item
+            if self.done + len(data) == self.size:
+                self._check()
+            self.done += len(data)
+            try:
+                yield data
+            finally:
+                piece.release()
+
+    def read(self, n=READ_SIZE):
+        """Up to ``n`` bytes as ``bytes`` (a copy; :meth:`pieces` avoids it)."""
+        if self._chunks is None:
+            self._chunks = self.pieces()
+        if not self._pending:
+            data = next(self._chunks, None)
+            if data is None:
+                return b""
+            self._pending = bytes(data)
         n = len(self._pending) if n is None or n < 0 else n
         data, self._pending = self._pending[:n], self._pending[n:]
-        self.done += len(data)
         return data
 
     def close(self):
-        """Stop the helper thread (it may be waiting for room in the queue) and wait for it."""
+        """Stop the helper threads (the reader may be waiting for a buffer or for room in the queue)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self._hasher is not None:
+            self._hasher.close()
 
 
 # -- outcome ------------------------------------------------------------------------------------

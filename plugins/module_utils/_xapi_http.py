@@ -266,15 +266,20 @@ class _SizedBody:
         return self.length
 
     def __iter__(self):
-        read = self.source.read if hasattr(self.source, "read") else None
-        chunks = iter(lambda: read(READ_SIZE), b"") if read else iter(self.source)
+        if hasattr(self.source, "pieces"):  # views of reused buffers, sent without a copy
+            chunks = self.source.pieces()
+        elif hasattr(self.source, "read"):
+            chunks = iter(lambda: self.source.read(READ_SIZE), b"")
+        else:
+            chunks = iter(self.source)
         for chunk in chunks:
             self.counter(len(chunk))
             yield chunk
 
 
 def put_stream(client, path, source, length, action, **query):
-    """``PUT path?query`` with ``length`` bytes from ``source`` (a file-like or an iterable of bytes).
+    """``PUT path?query`` with ``length`` bytes from ``source``: an object with ``pieces()`` (an iterator of
+    buffers, each valid until the next is asked for), a file-like or an iterable of bytes.
 
     Returns the task's parsed result (for ``/import``, the new VM refs; ``/import_raw_vdi``, the VDI).
     """
