@@ -16,7 +16,9 @@ is flat when they differ by less than 16 MiB whatever the size. ``cpu_s`` is the
 sender (curl, the module) and ``sim_cpu_s`` the simulator's during the best run of each: on a host
 with 2 cores the sender and the simulator share them, which explains most of the spread between runs.
 
-Run: ``python tests/bench/bench_restore.py [--size-mib 2048] [--small-mib 128] [--rounds 3]``.
+``--pin`` pins the simulator to CPU 0 and curl or the module to CPU 1 (one core each, for both).
+
+Run: ``python tests/bench/bench_restore.py [--size-mib 2048] [--small-mib 128] [--rounds 3] [--pin]``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from xapisim.pytest_plugin import SimHandle  # noqa: E402
 
 TARGET = 0.90
 FLAT_MIB = 16
+CLIENT_CPUS = []  # ["taskset", "-c", "1"] with --pin
 
 
 def lab_file(base, sizes_mib):
@@ -100,7 +103,7 @@ class Measure:
         """Run ``cmd``; returns ``(returncode, stdout, stderr)``."""
         sim_before = self._sim_cpu()
         start = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd)
+        proc = subprocess.Popen([*CLIENT_CPUS, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd)
         # both children print a few KiB at most: reading the pipes after they exit cannot block them
         _, status, usage = os.wait4(proc.pid, 0)
         self.wall = time.monotonic() - start
@@ -147,9 +150,14 @@ def main(argv=None):
     parser.add_argument("--size-mib", type=int, default=2048)
     parser.add_argument("--small-mib", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pin", action="store_true", help="simulator on CPU 0, curl and the module on CPU 1")
     opts = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-restore-") as base:
         sim = SimHandle(lab_file(base, [opts.small_mib, opts.size_mib]), Path(base) / "state").start(timeout=600)
+        if opts.pin:
+            CLIENT_CPUS[:] = ["taskset", "-c", "1"]
+            for task in os.listdir(f"/proc/{sim.proc.pid}/task"):  # threads started later inherit it
+                os.sched_setaffinity(int(task), {0})
         try:
             remote = make_remote("file", base)
             with XoJob(sim, remote) as job:
