@@ -14,8 +14,8 @@ from typing import Any, Dict, List
 from ._backup_progress import DEFAULT_DIR, read_progress
 from ._backup_verify import BackupVerifier
 from ._remote_options import argument_spec as remote_argument_spec
-from ._remote_options import resolve, secrets_of, url_passwords
-from ._storage import NotFoundError, StorageError, open_remote
+from ._remote_options import open_storage, secrets_of, url_passwords
+from ._storage import NotFoundError, StorageError
 from ._xapi_url import redact_secrets
 from ._xo_layout import format_filename_date, is_uuid, job_id_from_name, normalize_backup_id
 from ._xo_listing import BackupInfo, backup_info, list_backups
@@ -98,19 +98,10 @@ class BackupInfoRequest:
 
     # -- remote -----------------------------------------------------------------------------------
     def open_remote(self, add_secret):
-        """Open the remote; every password it carries goes to ``add_secret`` (masked in all output)."""
-        p = self.params
+        """Open the remote (a registered NFS remote on its mount); every password it carries goes to ``add_secret``."""
         for secret in url_passwords(self.remote):
             add_secret(secret)
-        remote, _registered = resolve(
-            self.remote, p.get("remote_username"), p.get("remote_password"), p.get("remotes_dir")
-        )
-        if remote.credentials is not None and remote.credentials.password:
-            add_secret(remote.credentials.password)
-        try:
-            return open_remote(remote)
-        except StorageError as e:
-            raise BackupInfoError(f"Cannot open the remote {remote.redacted()}: {e}") from None
+        return open_storage(self.remote, self.params, add_secret, failure=BackupInfoError)
 
     # -- run ----------------------------------------------------------------------------------------
     def run(self, add_secret=lambda _secret: None) -> Dict[str, Any]:

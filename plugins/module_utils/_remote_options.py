@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import Any, Dict, NamedTuple, Optional
 from urllib.parse import unquote
 
-from ._remote_url import Credentials, RemoteUrlError, parse
-from ._storage import open_remote
+from ._remote_url import Credentials, RemoteUrl, RemoteUrlError, parse
+from ._storage import StorageError, open_remote
 
 DEFAULT_REMOTES_DIR = "/etc/xapi-proxy/remotes"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -58,12 +59,12 @@ def registered(name, remotes_dir=DEFAULT_REMOTES_DIR):
     return record
 
 
-def resolve(value, username=None, password=None, remotes_dir=DEFAULT_REMOTES_DIR):
-    """``(RemoteUrl with credentials, registered name or None)`` for one remote option value."""
+def _resolve(value, username, password, remotes_dir):
+    """``(RemoteUrl with credentials, registered name or None, registration record or None)``."""
     value = (value or "").strip()
-    name = None
+    name = record = None
     if "://" not in value:
-        record = registered(value, remotes_dir)
+        record = registered(value, remotes_dir or DEFAULT_REMOTES_DIR)
         name, value = value, record["url"]
         # A remote registered with store_credentials=false keeps no secret: the run's credentials apply.
         username, password = record.get("username") or username, record.get("password") or password
@@ -73,6 +74,12 @@ def resolve(value, username=None, password=None, remotes_dir=DEFAULT_REMOTES_DIR
         raise RemoteOptionError(str(e)) from None
     if username or password:
         remote = remote.with_credentials(Credentials(username or "", password or ""))
+    return remote, name, record
+
+
+def resolve(value, username=None, password=None, remotes_dir=DEFAULT_REMOTES_DIR):
+    """``(RemoteUrl with credentials, registered name or None)`` for one remote option value."""
+    remote, name, _record = _resolve(value, username, password, remotes_dir)
     return remote, name
 
 
@@ -93,13 +100,50 @@ def storage_options(record):
     return options
 
 
-def open_storage(value, params, **options):
-    """Open one remote named by ``value`` with the module's remote credential options."""
-    remotes_dir = params.get("remotes_dir") or DEFAULT_REMOTES_DIR
-    remote, name = resolve(value, params.get("remote_username"), params.get("remote_password"), remotes_dir)
-    if name is not None:
-        options = {**storage_options(registered(name, remotes_dir)), **options}
-    return open_remote(remote, **options)
+class RemoteTarget(NamedTuple):
+    """One remote option value resolved: what to open, and how its registration asks to open it."""
+
+    remote: RemoteUrl  # with the credentials this run uses (stored, or the remote_* options)
+    name: Optional[str]  # the registered name, None for a URL
+    options: Dict[str, Any]  # open_remote options of the registration (see storage_options)
+
+    @property
+    def label(self):
+        """How results name the remote: its registered name, else its URL without secrets."""
+        return self.name or self.remote.redacted()
+
+    def open(self, add_secret=None, failure=None, **options):
+        """Open the storage; ``options`` add to (and override) the registration's.
+
+        ``add_secret`` receives the password the remote is opened with, to mask it in all output;
+        with ``failure`` (an exception class), a storage error is raised as ``failure`` naming the remote.
+        """
+        creds = self.remote.credentials
+        if add_secret is not None and creds is not None and creds.password:
+            add_secret(creds.password)
+        try:
+            return open_remote(self.remote, **{**self.options, **options})
+        except StorageError as e:
+            if failure is None:
+                raise
+            raise failure(f"Cannot open the remote {self.remote.redacted()}: {e}") from None
+
+
+def remote_target(value, params):
+    """Resolve one remote option value (URL or registered name) with the module's remote options.
+
+    Every module opens remotes through this (or :func:`open_storage`): a registered NFS remote is then
+    opened on the mount the ``remote`` module made, with its mount options, and left mounted.
+    """
+    remote, name, record = _resolve(
+        value, params.get("remote_username"), params.get("remote_password"), params.get("remotes_dir")
+    )
+    return RemoteTarget(remote, name, storage_options(record) if record is not None else {})
+
+
+def open_storage(value, params, add_secret=None, failure=None, **options):
+    """Open one remote named by ``value`` with the module's remote options (see :meth:`RemoteTarget.open`)."""
+    return remote_target(value, params).open(add_secret, failure, **options)
 
 
 def url_passwords(value):

@@ -8,9 +8,9 @@ import subprocess
 
 from . import _remote_probe as probe
 from . import _remote_registry as registry
-from ._remote_options import storage_options
+from ._remote_options import RemoteTarget, storage_options
 from ._remote_url import parse
-from ._storage import StorageError, open_remote
+from ._storage import StorageError
 from ._storage_nfs import DEFAULT_MOUNTS_DIR, is_mounted, mount_options_for, mount_point_for
 
 UMOUNT_TIMEOUT = 60
@@ -45,8 +45,12 @@ class RemoteRegistration:
         mounts_dir = record.get("mounts_dir") or DEFAULT_MOUNTS_DIR
         return mount_point_for(url, mounts_dir, mount_options_for(url, record.get("options")))
 
+    def _target(self, remote, record):
+        """The remote as the backup modules open it by name (``_remote_options.remote_target``)."""
+        return RemoteTarget(remote, self.name, storage_options(record))
+
     def _mount(self, remote, record):
-        storage = open_remote(remote, **storage_options(record))
+        storage = self._target(remote, record).open()
         storage.close()  # persistent: the mount stays
 
     def _unmount(self, mount_point):
@@ -136,7 +140,7 @@ class RemoteRegistration:
                 result["benchmark"] = skipped
             return
         try:
-            storage = open_remote(remote, **storage_options(record))
+            storage = self._target(remote, record).open()
         except StorageError as e:
             if not p["test"]:
                 raise

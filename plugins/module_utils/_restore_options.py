@@ -8,12 +8,12 @@ login, and :meth:`RestoreRequest.run` does the work and returns the module resul
 from __future__ import annotations
 
 from ._health_check import DEFAULT_TIMEOUT, health_check
-from ._remote_options import resolve
+from ._remote_options import remote_target
 from ._restore import restore_backup
 from ._restore_errors import RestoreError, RestoreInputError
 from ._restore_plan import PoolView, plan_restore
 from ._restore_select import parse_at, select_backup
-from ._storage import StorageError, open_remote
+from ._storage import StorageError
 
 
 def argument_spec():
@@ -91,17 +91,12 @@ class RestoreRequest:
 
     # -- remote ---------------------------------------------------------------------------------
     def open_remote(self, add_secret):
-        """Open the remote; ``add_secret`` receives every password it carries (to mask in output)."""
-        p = self.params
-        remote, registered = resolve(p["remote"], p.get("remote_username"), p.get("remote_password"),
-                                     p.get("remotes_dir"))  # fmt: skip
-        if remote.credentials is not None and remote.credentials.password:
-            add_secret(remote.credentials.password)
-        try:
-            storage = open_remote(remote)
-        except StorageError as e:
-            raise RestoreInputError(f"Cannot open the remote {remote.redacted()}: {e}") from None
-        return storage, registered or remote.redacted()
+        """Open the remote; ``add_secret`` receives every password it carries (to mask in output).
+
+        A registered remote opens as its registration says (a registered NFS remote on its mount).
+        """
+        target = remote_target(self.params["remote"], self.params)
+        return target.open(add_secret, failure=RestoreInputError), target.label
 
     # -- run -------------------------------------------------------------------------------------
     def run(self, client, storage, remote_label, check_mode=False, warn=None):

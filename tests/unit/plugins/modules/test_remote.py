@@ -109,16 +109,37 @@ def test_nfs_is_mounted_once_and_stays_mounted_for_backups(fake_nfs, tiny, tmp_p
     assert (export / "keep.txt").read_text() == "backup data" and (export / backup["vms"][0]["backup_id"]).is_file()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backup_info and restore open a registered remote with open_remote(remote), "
-    "without _remote_options.storage_options(record): NFS is mounted a second time, then unmounted",
-)
-def test_backup_info_uses_the_registered_nfs_mount(fake_nfs, tmp_path):
-    _, args, result = register_nfs(fake_nfs, tmp_path)
-    rc, info = run_module("backup_info", {"remote": "nas", "remotes_dir": args["remotes_dir"]})
-    assert rc == 0, info.get("msg")
-    assert len(fake_nfs.calls()) == 1 and fake_nfs.mounted() == [result["remote"]["mount_point"]]
+@pytest.mark.parametrize("module", ["backup_info", "restore"])
+def test_backup_info_and_restore_use_the_registered_nfs_mount(module, fake_nfs, tiny, tmp_path):
+    """Like backup, the modules that read a remote open a registered NFS remote on its mount, with its options.
+
+    Opened by URL (or without the registration's mounts_dir and options), the export would be mounted a
+    second time, elsewhere and without ``vers=3,nolock``, then unmounted: ``mount`` would run twice.
+    """
+    export, args, result = register_nfs(fake_nfs, tmp_path)
+    mount_point = result["remote"]["mount_point"]
+    conn = {"hostname": tiny.url, "password": tiny.password, "ca_path": str(tiny.ca_path)}
+    by_name = {"remote": "nas", "remotes_dir": args["remotes_dir"]}
+    rc, backup = run_module("backup", {**conn, "job": "nightly", "mode": "full", "names": ["tiny-01"],
+                                       "remotes": ["nas"], "remotes_dir": args["remotes_dir"],
+                                       "progress_dir": str(tmp_path / "progress")})  # fmt: skip
+    assert rc == 0, backup.get("msg")
+    backup_id = backup["vms"][0]["backup_id"]
+    assert (export / backup_id).is_file()
+    if module == "backup_info":
+        rc, out = run_module("backup_info", {**by_name, "verify": True})
+        assert rc == 0, out.get("msg")
+        assert [(b["id"], b["verified"]) for b in out["backups"]] == [(backup_id, True)]
+    else:
+        rc, out = run_module("restore", {**conn, **by_name, "backup": backup_id, "sr": "Local storage",
+                                         "name": "from-nas"})  # fmt: skip
+        assert rc == 0, out.get("msg")
+        assert out["changed"] is True
+        with tiny.xapi() as x:
+            assert len(x.VM.get_by_name_label("from-nas")) == 1
+    # Read through the one mount the remote module made, which stays mounted for the next run.
+    assert fake_nfs.calls() == [["-o", "vers=3,nolock", "-t", "nfs", f"127.0.0.1:/{export.name}", mount_point]]
+    assert fake_nfs.mounted() == [mount_point]
 
 
 def test_credentials_kept_out_of_the_proxy_on_request(new_smb_url, tmp_path):
