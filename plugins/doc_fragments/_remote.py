@@ -15,6 +15,13 @@ options:
     description:
       - Password for remotes whose URL carries none (SMB password, S3 secret access key).
     type: str
+  remote_ca_path:
+    description:
+      - PEM file of the certificate authority that signed the certificate of an S3 server reached over
+        HTTPS (V(s3://)), for object stores with a private CA. Other remote kinds ignore it.
+      - Without it the system's trusted CAs are used; C(?allowUnauthorized=true) in the URL skips
+        verification altogether, as in Xen Orchestra.
+    type: path
   remotes_dir:
     description:
       - Directory holding remotes registered with M(xapi.proxy.remote) on the host running the module,

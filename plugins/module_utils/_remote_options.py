@@ -28,6 +28,7 @@ def argument_spec():
         "remote_username": {"type": "str"},
         "remote_password": {"type": "str", "no_log": True},
         "remotes_dir": {"type": "path", "default": DEFAULT_REMOTES_DIR},
+        "remote_ca_path": {"type": "path"},
     }
 
 
@@ -138,7 +139,16 @@ def remote_target(value, params):
     remote, name, record = _resolve(
         value, params.get("remote_username"), params.get("remote_password"), params.get("remotes_dir")
     )
-    return RemoteTarget(remote, name, storage_options(record) if record is not None else {})
+    options = storage_options(record) if record is not None else {}
+    ca_path = params.get("remote_ca_path")
+    if ca_path and remote.type == "s3":
+        if not os.path.isfile(ca_path):
+            raise RemoteOptionError(
+                f"remote_ca_path {ca_path} is not a readable file on this host: give the PEM file of the CA that "
+                "signed the S3 server's certificate"
+            )
+        options["ca_bundle"] = ca_path
+    return RemoteTarget(remote, name, options)
 
 
 def open_storage(value, params, add_secret=None, failure=None, **options):

@@ -222,8 +222,8 @@ class S3Storage(Storage):
             return StorageError(f"{what}: the S3 server answered {reason}.", rel)
         if isinstance(err, SSLError):
             return StorageError(
-                f"{what}: TLS verification failed ({err}); give the server's CA with the ca_bundle option, or add "
-                "allowUnauthorized=true to the remote URL to skip verification.",
+                f"{what}: TLS verification failed ({err}); give the server's CA with the remote_ca_path option, "
+                "or add allowUnauthorized=true to the remote URL to skip verification.",
                 rel,
             )
         if isinstance(err, BotoCoreError):  # connection refused, timeouts, DNS, closed connections

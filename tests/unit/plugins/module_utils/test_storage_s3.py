@@ -316,7 +316,7 @@ def test_quota_answers_are_remote_full(new_s3_url, code, status):
 
 def test_tls_verification_ca_bundle_and_allow_unauthorized(rclone_s3_tls):
     url = rclone_s3_tls.url(prefix="tls")
-    with pytest.raises(StorageError, match="TLS verification failed .*give the server's CA with the ca_bundle option"):
+    with pytest.raises(StorageError, match="TLS verification failed .*CA with the remote_ca_path option"):
         open_remote(url, max_attempts=1)
     with open_remote(url, ca_bundle=str(rclone_s3_tls.ca_path)) as store:
         store.write_bytes("a", b"verified")

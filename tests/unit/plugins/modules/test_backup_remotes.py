@@ -176,3 +176,21 @@ def test_retention_merges_and_every_kept_point_restores(tiny, merge_remote, tmp_
             got = {x.VBD.get_userdevice(v): tiny.sha256(x.VDI.get_uuid(x.VBD.get_VDI(v))) for v in x.VM.get_VBDs(new)
                    if x.VBD.get_type(v) == "Disk"}  # fmt: skip
         assert got == at_backup[backup["id"]]
+
+
+def test_s3_over_https_with_a_private_ca(tiny, rclone_s3_tls, tmp_path):
+    """remote_ca_path trusts the object store's own CA; without it the failure says what to do."""
+    url = rclone_s3_tls.url(prefix=f"ca-{os.getpid()}")
+    job = {"hostname": tiny.url, "password": tiny.password, "ca_path": str(tiny.ca_path), "job": "tls",
+           "names": ["tiny-01"], "remotes": [url], "progress_dir": str(tmp_path / "progress")}  # fmt: skip
+    rc, result = run_module("backup", job)
+    assert rc != 0 and "TLS verification failed" in result["msg"] and "remote_ca_path" in result["msg"]
+    rc, result = run_module("backup", {**job, "remote_ca_path": str(tmp_path / "nowhere.pem")})
+    assert rc != 0 and "remote_ca_path" in result["msg"] and "not a readable file" in result["msg"]
+    assert "Traceback" not in str(result)
+    rc, result = run_module("backup", {**job, "remote_ca_path": str(rclone_s3_tls.ca_path)})
+    assert rc == 0, result.get("msg")
+    rc, info = run_module("backup_info", {"remote": url, "remote_ca_path": str(rclone_s3_tls.ca_path),
+                                          "verify": True})  # fmt: skip
+    assert rc == 0, info.get("msg")
+    assert [b["id"] for b in info["backups"]] == [result["vms"][0]["backup_id"]] and not info["backups"][0]["problems"]
