@@ -12,6 +12,7 @@ write stream copies or sends what it is given before returning).
 
 from __future__ import annotations
 
+import mmap
 import queue
 import threading
 
@@ -82,7 +83,8 @@ class WriterThread:
 
 
 class BufferPool:
-    """``count`` reusable buffers of ``size`` bytes, allocated once.
+    """``count`` reusable buffers of ``size`` bytes, allocated once (page-aligned anonymous memory, which
+    a file remote can write with O_DIRECT).
 
     :meth:`acquire` blocks until a buffer is free and hands it out as a :class:`Piece` that ``users``
     consumers share; it comes back when each of them called :meth:`Piece.release`.
@@ -93,7 +95,7 @@ class BufferPool:
         self.size = size
         self._free = queue.Queue()
         for _ in range(count):
-            self._free.put(Piece(self, bytearray(size)))
+            self._free.put(Piece(self, mmap.mmap(-1, size)))
 
     def acquire(self, users=1, timeout=None):
         """A free piece for ``users`` consumers; None if none came back within ``timeout`` seconds."""

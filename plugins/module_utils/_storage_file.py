@@ -9,6 +9,7 @@ import io
 import os
 import shutil
 import stat as stat_mod
+import struct
 import sys
 import time
 from typing import List, Optional
@@ -42,6 +43,13 @@ _SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
 # errors that mean "this filesystem cannot do it": write-behind is then just skipped
 _NO_SYNC_FILE_RANGE = {errno.EINVAL, errno.ESPIPE, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF}
 _sync_file_range = None
+# Direct I/O: large page-aligned writes (a backup's pipeline buffers) skip the page cache altogether on
+# local filesystems known to handle it well (the kernel then copies nothing: about a core-second less
+# per 4 GiB). Everything else, and any write that is not aligned, goes through the page cache.
+DIRECT_ALIGN = 4096
+DIRECT_MIN = 1 << 20
+_DIRECT_FILESYSTEMS = {0xEF53: "ext2/3/4", 0x58465342: "xfs"}  # statfs f_type magic numbers
+_libc = None
 # link() is how we publish without replacing; these mean "this filesystem cannot link" (CIFS, some NFS).
 _NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
 
@@ -216,15 +224,52 @@ class FileStorage(Storage):
         return acquire_dir_lock(target, rel, self.display, stale=stale, what=what)
 
 
+def _load_libc():
+    global _libc  # noqa: PLW0603 - loaded once, lazily
+    if _libc is None:
+        _libc = False
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError):
+                _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _direct_io_ok(path: str) -> bool:
+    """True when ``path`` is on a local filesystem where O_DIRECT writes are used (see DIRECT_ALIGN)."""
+    libc = _load_libc()
+    if not libc or not hasattr(os, "O_DIRECT"):
+        return False
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type (a C long) comes first
+    try:
+        if libc.statfs(os.fsencode(path), buf) != 0:
+            return False
+    except AttributeError:
+        return False
+    return struct.unpack_from("l", buf.raw)[0] in _DIRECT_FILESYSTEMS
+
+
+def _address(data) -> Optional[int]:
+    """Memory address of a writable buffer, None for read-only ones (bytes)."""
+    try:
+        ref = ctypes.c_char.from_buffer(data)
+    except (TypeError, ValueError):
+        return None
+    try:
+        return ctypes.addressof(ref)
+    finally:
+        del ref
+
+
 def _load_sync_file_range():
     """libc's ``sync_file_range`` (Linux), or False where there is none. Loaded once."""
     global _sync_file_range  # noqa: PLW0603 - looked up once, lazily
     if _sync_file_range is None:
         _sync_file_range = False
-        if sys.platform.startswith("linux"):
+        libc = _load_libc()
+        if libc:
             try:
-                func = ctypes.CDLL(None, use_errno=True).sync_file_range
-            except (OSError, AttributeError):
+                func = libc.sync_file_range
+            except AttributeError:
                 return False
             func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
             func.restype = ctypes.c_int
@@ -261,6 +306,8 @@ class _FileWriteStream(WriteStream):
         self._sfr = _load_sync_file_range()
         self._started = 0  # write-out started for the bytes before this offset
         self._dropped = 0  # the bytes before this offset are on disk and out of the page cache
+        self._direct_ok = _direct_io_ok(os.path.dirname(tmp))
+        self._direct_fd = None  # a second descriptor of the temporary, with O_DIRECT, once needed
 
     @property
     def temp_path(self) -> str:
@@ -274,7 +321,9 @@ class _FileWriteStream(WriteStream):
     def write(self, data) -> int:
         self._check_open()
         try:
-            n = self._out.write(data)
+            n = self._write_direct(data) if self._direct_ok else 0
+            if n < len(data):
+                n += self._out.write(memoryview(data)[n:] if n else data)
         except OSError as err:
             self.abort()
             raise self._storage._fail(err, "write", self.path) from err
@@ -282,6 +331,38 @@ class _FileWriteStream(WriteStream):
         if self._sfr and self.bytes_written - self._started >= WRITE_BEHIND:
             self._write_behind()
         return n
+
+    def _write_direct(self, data) -> int:
+        """Write what can go around the page cache (aligned and large); return how much that was."""
+        size = len(data)
+        if size < DIRECT_MIN or size % DIRECT_ALIGN or self.bytes_written % DIRECT_ALIGN:
+            return 0
+        address = _address(data)
+        if address is None or address % DIRECT_ALIGN:
+            return 0
+        self._out.flush()  # the page cache's part comes first, then this one right after it
+        if self._direct_fd is None:
+            try:
+                self._direct_fd = os.open(self._tmp, os.O_WRONLY | os.O_DIRECT | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                self._direct_ok = False
+                return 0
+        try:
+            n = os.pwrite(self._direct_fd, data, self.bytes_written)
+        except OSError as err:
+            if err.errno != errno.EINVAL:  # EINVAL: alignment refused after all; the page cache will do
+                raise
+            self._close_direct()
+            self._direct_ok = False
+            return 0
+        self._out.seek(self.bytes_written + n)
+        return n
+
+    def _close_direct(self):
+        if self._direct_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._direct_fd)
+            self._direct_fd = None
 
     def _write_behind(self):
         """Start writing out the new stretch; wait for the previous one and drop it from the page cache.
@@ -312,7 +393,8 @@ class _FileWriteStream(WriteStream):
         self._check_open()
         try:
             self._out.flush()
-            os.fsync(self._raw.fileno())
+            os.fsync(self._raw.fileno())  # the inode's data, whichever descriptor wrote it
+            self._close_direct()
             self._out.close()
             if self._overwrite:
                 os.rename(self._tmp, self._final)
@@ -349,6 +431,7 @@ class _FileWriteStream(WriteStream):
         if self._state != "open":
             return
         self._state = "aborted"
+        self._close_direct()
         with contextlib.suppress(OSError):  # flushing the rest may fail (ENOSPC): the temporary goes anyway
             self._out.close()
         with contextlib.suppress(OSError):

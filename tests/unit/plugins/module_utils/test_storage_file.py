@@ -5,6 +5,7 @@ Full disks and permission denials are checked for every backend in test_storage_
 
 import errno
 import hashlib
+import mmap
 import os
 import shutil
 import stat
@@ -143,3 +144,24 @@ def test_writes_without_sync_file_range_still_work(tmp_path, monkeypatch):
             out.write(bytes([i]) * (2 * MiB))
         out.commit()
     assert (tmp_path / "big.xva").read_bytes() == b"".join(bytes([i]) * (2 * MiB) for i in range(20))
+
+
+@pytest.mark.skipif(not shutil.which("fincore"), reason="fincore (util-linux) is not installed")
+def test_large_aligned_pieces_go_around_the_page_cache(tmp_path):
+    """A backup's pipeline buffers (page-aligned, 4 MiB) are written with O_DIRECT; the rest is cached."""
+    if not _storage_file._direct_io_ok(str(tmp_path)):
+        pytest.skip("the temporary directory is not on ext4 or xfs")
+    buf = mmap.mmap(-1, 4 * MiB)
+    buf.write(os.urandom(4 * MiB))
+    view = memoryview(buf)
+    expected = hashlib.sha256()
+    with open_remote(f"file://{tmp_path}") as store:
+        out = store.open_write("d.xva")
+        for data in [b"head" * 1024, *[view] * 8, view[:5000], view[: 2 * MiB], view]:
+            out.write(data)  # bytes, aligned pieces, a small one, then pieces at unaligned offsets
+            expected.update(data)
+        assert _resident(tmp_path / out.temp_path) < 12 * MiB, "the 32 MiB of aligned pieces were not cached"
+        out.commit()
+    with open(tmp_path / "d.xva", "rb") as f:
+        assert hashlib.file_digest(f, "sha256").hexdigest() == expected.hexdigest()
+    assert (tmp_path / "d.xva").stat().st_size == 4096 + 9 * 4 * MiB + 5000 + 2 * MiB
