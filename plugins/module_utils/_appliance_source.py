@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import tempfile
 
 from ._xapi_errors import XapiError
@@ -99,18 +98,34 @@ def _download(url, http):
         response.raw.decode_content = False
         return _ResponseStream(response), int(length)
     # XAPI needs the length up front (no chunked import): keep a copy on this host first.
-    spool = tempfile.TemporaryFile(prefix="xapi-proxy-xva-")  # noqa: SIM115 - returned open
     try:
-        response.raw.decode_content = True
-        shutil.copyfileobj(response.raw, spool, SPOOL_PIECE)
-    except BaseException:
-        spool.close()
-        raise
+        return _spool(response, url)
     finally:
         response.close()
-    size = spool.tell()
-    spool.seek(0)
-    return spool, size
+
+
+def _spool(response, url):
+    """The whole (decoded) body of ``response`` in a temporary file, and its size; plain errors when it fails."""
+    spool = None
+    try:
+        spool = tempfile.TemporaryFile(prefix="xapi-proxy-xva-")  # noqa: SIM115 - returned open
+        # iter_content decodes a Content-Encoding and raises requests' errors when the body breaks off.
+        for piece in response.iter_content(SPOOL_PIECE):
+            spool.write(piece)
+        size = spool.tell()
+        spool.seek(0)
+        return spool, size
+    except BaseException as e:
+        if spool is not None:
+            spool.close()
+        if isinstance(e, requests.RequestException):  # an OSError too: first
+            raise XapiError(f"cannot download the XVA from {url}: the download broke off ({e}).") from None
+        if isinstance(e, OSError):
+            raise XapiError(
+                f"cannot keep a copy of the XVA from {url} in {tempfile.gettempdir()} (the server sent no length, "
+                f"which XAPI needs): {e.strerror or e}."
+            ) from None
+        raise
 
 
 class _ResponseStream:
