@@ -34,6 +34,8 @@ options:
       - The remote to read, as a URL in Xen Orchestra's grammar (V(file:///srv/backups),
         V(nfs://nas.example.org:/export/backups), V(s3://s3.example.org/bucket/prefix)) or the name of a
         remote registered with M(xapi.proxy.remote).
+      - A registered NFS remote is read through the mount M(xapi.proxy.remote) keeps, with its mount options,
+        and stays mounted; an V(nfs://) URL is mounted for the task and unmounted after it.
       - Required with O(vm), O(backup_id) or O(verify=true). Leave it out to report only RV(jobs).
     type: str
   vm:

@@ -37,6 +37,8 @@ options:
       - The remote holding the backup. Give either a URL in Xen Orchestra's grammar
         (V(file:///srv/backups), V(smb://backup@EXAMPLE\\\\nas\\share)) or the name of a remote registered
         with M(xapi.proxy.remote).
+      - A registered NFS remote is read through the mount M(xapi.proxy.remote) keeps, with its mount options,
+        and stays mounted; an V(nfs://) URL is mounted for the task and unmounted after it.
     type: str
     required: true
   backup:
