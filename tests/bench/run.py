@@ -29,6 +29,15 @@ one part at a time, as the remote sends them. So the ratio is what the engine ad
 storage protocol (reading XAPI, MD5, the pipeline); for scale, boto3's default concurrent upload of
 the same file is printed too. The storage servers' CPU is not counted in either column.
 
+What limits the file:// row on a 2-core host (measured 2026-11, 4.3 GB XVA, 3-5 rounds): the module
+needs 9.5-9.7 CPU seconds (MD5 for ``.xva.checksum`` about 5.1 of them, at OpenSSL's 860 MB/s; TLS
+and socket reads about 2; O_DIRECT writes about 0.2) and the simulator 2.8-3.3 while it serves it,
+so the two cores cannot finish it in less than about 6.3 s; curl needs 3.4-5.7 CPU seconds and takes
+5.3-7.1 s (its page-cache writes cost 1 to 5 s of kernel time depending on the host's memory). The
+ratio therefore ranged from 0.66 to 1.06 between runs of this script: above 0.84 only when curl had a
+slow run. Full runs of the other rows gave zstd 1.02-1.10, smb 1.03 and s3 0.59, the last because
+``rclone serve s3`` takes about a core itself, leaving one core for XAPI's TLS, the MD5 and boto3.
+
 ``--pin`` pins the simulator to CPU 0 and the module and baselines (curl, zstd, the uploaders) to
 CPU 1: each side then has exactly one core, in the baseline and in the measured run alike (the MD5
 that Xen Orchestra's ``.xva.checksum`` needs is a core's work at about 850 MB/s on its own, so on
