@@ -12,7 +12,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from ansible_collections.xapi.proxy.plugins.module_utils._storage import open_remote
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_chain import open_vhd_chain
+from ansible_collections.xapi.proxy.plugins.module_utils._vhd_directory import remote_vhd_opener
 from ansible_collections.xapi.proxy.plugins.module_utils._xva_read import extract_xva
 
 
@@ -68,8 +70,9 @@ def remote_disk_hashes(root, backup_id):
             for path, record in files.values():
                 out[record["uuid"]] = _hash_file(path, int(record["virtual_size"]))
         return out
+    storage = open_remote(f"file://{root}")  # VHD files and VHD directories (aliases) alike
     for ref, rel in md["vhds"].items():
-        chain = open_vhd_chain(str(vm_dir / rel))
+        chain = open_vhd_chain(f"{Path(backup_id).parent}/{rel}", opener=remote_vhd_opener(storage))
         try:
             stream = chain.raw_stream()
             out[md["vdis"][ref]["uuid"]] = _hash_stream(stream, stream.size)

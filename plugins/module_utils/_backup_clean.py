@@ -11,7 +11,7 @@ import contextlib
 import posixpath
 
 from ._retention import select_old_backups
-from ._storage import Storage, StorageError
+from ._storage import NotFoundError, Storage, StorageError
 from ._vhd_chain import open_vhd_chain_files
 from ._vhd_directory import is_alias, open_alias, read_alias, remote_vhd_opener
 from ._vhd_directory_merge import merge_vhd_directory
@@ -87,7 +87,7 @@ class Survey:
                 with self.storage.open_read(path) as fh:
                     vhd = VhdFile(fh, path, fh.size)
             self.vhds[path] = resolve_parent(path, vhd.parent_name) if vhd.is_differencing else None
-        except (VhdError, StorageError, OSError) as e:
+        except (VhdError, NotFoundError) as e:
             self.vhds[path] = None
             self.broken[path] = str(e)
             if is_alias(path):
@@ -117,10 +117,14 @@ def old_backups(survey, spec):
 
 def can_merge(storage, survey=None):
     """VHD files are merged in place, VHD directories by moving block objects: a kind without in-place
-    updates (S3) merges only when every VHD is a directory, and keeps its chains as they are otherwise."""
+    updates (S3) merges only VHD directories. A VM folder holding both kinds (a remote that switched
+    ``useVhdDirectory``) keeps its chains as they are until the old kind's backups expire."""
+    kinds = {is_alias(path) for path in survey.vhds} if survey is not None else set()
+    if len(kinds) > 1:
+        return False
     if type(storage).open_update is not Storage.open_update:
         return True
-    return survey is not None and all(is_alias(path) for path in survey.vhds)
+    return kinds == {True}
 
 
 def plan(storage, vm_uuid, delete=()):
@@ -140,9 +144,14 @@ def plan(storage, vm_uuid, delete=()):
     mergeable = can_merge(storage, survey)
     result = plan_clean_vm(vm_uuid, merge=mergeable, **inputs)
     if not mergeable and plan_clean_vm(vm_uuid, **inputs).of_kind("merge"):
+        why = (
+            "holds both VHD files and VHD directories for this VM (useVhdDirectory was switched)"
+            if len({is_alias(p) for p in survey.vhds}) > 1
+            else "cannot update files in place and holds VHD files"
+        )
         result.warnings.append(
-            f"{storage.display} cannot update files in place and holds VHD files, so old deltas are kept as "
-            "parents instead of being merged: the chains stay restorable but use more space"
+            f"{storage.display} {why}, so old deltas are kept as parents instead of being merged: the chains "
+            "stay restorable but use more space"
         )
     return survey, result
 
@@ -222,9 +231,10 @@ def _merge(storage, action, state, on_progress):
         with storage.open_update(parent_path) as pfile:
             parent = VhdFile(pfile, parent_path)
             opened = []
+            open_member = remote_vhd_opener(storage)  # children may be VHD directories (useVhdDirectory)
 
             def opener(path):
-                fh = storage.open_read(path)
+                fh = open_member(path)
                 opened.append(fh)
                 return fh
 
@@ -241,14 +251,19 @@ def _merge(storage, action, state, on_progress):
             finally:
                 for fh in opened:
                     fh.close()
-    # Cleanup: the children are folded into the parent, which now takes the newest child's name.
+    # Cleanup: the parent, which now holds the children's data, takes the newest child's name. The
+    # rename replaces the child in one step, so the name the backup uses always exists (a kill here must
+    # not leave a backup that looks broken to the next run, which would then delete it).
     target = chain[-1]
-    if storage.exists(parent_path) or not storage.exists(target):
-        keep = read_alias(storage, parent_path) if is_alias(parent_path) else None
-        for path in chain[1:]:
-            _delete_vhd(storage, path, keep)
+    if storage.exists(parent_path):
+        replaced = _alias_target(storage, target)
         storage.rename(parent_path, target)
-    # else: an interrupted cleanup already gave the merged disk its new name; nothing left to delete.
+        if replaced and replaced != _alias_target(storage, target):
+            storage.delete_tree(replaced, missing_ok=True)  # the child's own directory, now merged
+    # else: an interrupted cleanup already renamed it. Either way the folded-in children go now.
+    keep = _alias_target(storage, target)
+    for path in chain[1:-1]:
+        _delete_vhd(storage, path, keep)
     storage.delete(state_path, missing_ok=True)
     if is_alias(target):
         return int(state.get("mergedDataSize") or 0)  # XO's size of a merged VHD directory
@@ -273,6 +288,16 @@ def _merge_directory(storage, chain, state, state_path, on_progress):
         )
     finally:
         child.close()
+
+
+def _alias_target(storage, path):
+    """The VHD directory an alias names, or None (not an alias, or gone)."""
+    if not is_alias(path):
+        return None
+    try:
+        return read_alias(storage, path)
+    except NotFoundError:
+        return None
 
 
 def _delete_vhd(storage, path, keep=None):

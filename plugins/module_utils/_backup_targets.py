@@ -12,7 +12,7 @@ import contextlib
 import time
 
 from ._storage import LOCK_STALE_SECONDS, LockedError, StorageError
-from ._vhd_directory import is_alias, open_alias
+from ._vhd_directory import DEFAULT_COMPRESSION, is_alias, open_alias
 from ._vhd_directory_write import VhdDirectoryWriter, uses_vhd_directory
 from ._vhd_errors import VhdError
 from ._vhd_format import FOOTER_SIZE, Footer, uuid_str
@@ -92,7 +92,12 @@ class Target:
             names = self.storage.list(directory, missing_ok=True)
         except StorageError:
             return None
+        # XO's isMergeableParent: on a VHD-directory remote only a directory compressed as XO writes them
+        # can be a base (a VHD file left from before the switch, in either direction, means a full).
+        directories = uses_vhd_directory(self.storage)
         for name in sorted((n for n in names if n.endswith(".vhd") and not n.startswith(".")), reverse=True):
+            if is_alias(name) != directories:
+                continue
             try:
                 footer = self._footer(f"{directory}/{name}")
             except (StorageError, VhdError, OSError):
@@ -103,7 +108,10 @@ class Target:
 
     def _footer(self, path):
         if is_alias(path):
-            return open_alias(self.storage, path).footer
+            vhd = open_alias(self.storage, path)
+            if vhd.codec.name != DEFAULT_COMPRESSION:
+                raise VhdError(f"blocks compressed with {vhd.codec.name}, not {DEFAULT_COMPRESSION}", path)
+            return vhd.footer
         with self.storage.open_read(path) as fh:
             return Footer.parse(fh.pread(0, FOOTER_SIZE), path, 0)
 

@@ -26,6 +26,7 @@ from ansible_collections.xapi.proxy.plugins.module_utils._vhd_format import bloc
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_stream_write import IterReader, VhdWriter
 
 MAX_CHAIN_LENGTH = 1000
+PREFETCH_BUDGET = 4  # blocks a chain reads ahead at most, over all its members
 
 
 class VhdChain:
@@ -138,9 +139,11 @@ class VhdChain:
             holder = next((m for m in self.members if m.has_block(index)), None)
             if holder is not None:
                 wanted[id(holder)].append(index)
-        for member in self.members:
-            if hasattr(member, "prefetch") and wanted[id(member)]:
-                member.prefetch(wanted[id(member)])
+        # One budget for the whole chain (4 blocks in flight): the members holding the most blocks read ahead.
+        readers = sorted((m for m in self.members if hasattr(m, "prefetch") and wanted[id(m)]),
+                         key=lambda m: -len(wanted[id(m)]))[:PREFETCH_BUDGET]  # fmt: skip
+        for member in readers:
+            member.prefetch(wanted[id(member)], depth=max(1, PREFETCH_BUDGET // len(readers)))
 
     def flattened_vhd(self, uuid=None, timestamp=None):
         """ONE dynamic VHD of the whole chain: a ChainStream with ``size`` known before any read."""

@@ -52,7 +52,7 @@ ALIAS_SUFFIX = ".alias.vhd"
 CHUNK_FILTERS = "chunk-filters.json"
 DEFAULT_COMPRESSION = "brotli"  # what Xen Orchestra writes, and the only kind its merges accept
 MAX_ALIAS_BYTES = 4096
-PREFETCH_DEPTH = 4  # blocks read ahead: 4 round trips overlap, about 20 MiB held at most
+PREFETCH_DEPTH = 4  # blocks read ahead per chain: 4 round trips overlap, about 20 MiB held at most
 
 
 def is_alias(path):
@@ -212,6 +212,8 @@ class VhdDirectory:
         other would wait on every one. Reads of other blocks still work and skip what they pass.
         """
         self.close()
+        if self.storage.url.type == "smb" or depth < 1:
+            return  # one SMB session, ordered requests: no concurrent reads
         self._ahead = iter(i for i in indexes if self.has_block(i))
         self._pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="xapi-proxy-read")
         self._queue = deque()

@@ -91,6 +91,13 @@ class _DirectoryMerger:
             self._save(state, force=True)
         else:
             self._check_resume(state)
+            if parent.uuid == newest.uuid and state["parent"]["uuid"] != state["child"]["uuid"]:
+                # The tables (footer last) were written before the kill: every block is in the parent.
+                state.update(step=STEP_CLEANUP, mergedDataSize=len(blocks) * self.block_size)
+                self._save(state, force=True)
+                return state
+        if not resuming:
+            self._check_objects(blocks)
         start = int(state["currentBlock"])
         done = sum(1 for i in blocks if i < start)
         for position, index in enumerate(blocks):
@@ -152,12 +159,35 @@ class _DirectoryMerger:
                     self.parent.name,
                 )
 
+    def _check_objects(self, blocks):
+        """Before moving anything: every object a move will take exists (one listing per 1000 blocks).
+
+        Then, on a resumed run, a source found missing can only mean "moved before the interruption"."""
+        present = {}
+        for member in self.members:
+            if not self._movable(member):
+                continue
+            names = set()
+            for group in self.storage.list(f"{member.directory}/blocks", missing_ok=True):
+                names.update(f"{group}/{n}" for n in self.storage.list(f"{member.directory}/blocks/{group}"))
+            present[id(member)] = names
+        for index in blocks:
+            holder = next(m for m in self.members if m.has_block(index))
+            if id(holder) in present and f"{index // 1000}/{index % 1000}" not in present[id(holder)]:
+                raise VhdMergeError(
+                    f"block {index} is listed in the BAT of {holder.name!r} but {holder.block_path(index)} is missing",
+                    holder.name,
+                )
+
+    def _movable(self, member):
+        return isinstance(member, VhdDirectory) and member.codec.name == self.parent.codec.name
+
     # -- blocks -----------------------------------------------------------------------------------
     def _merge_block(self, index, resuming):
         parent = self.parent
         holder = next(m for m in self.members if m.has_block(index))
         target = parent.block_path(index)
-        if isinstance(holder, VhdDirectory) and holder.codec.name == parent.codec.name:
+        if self._movable(holder):
             source = holder.block_path(index)
             try:
                 self.storage.rename(source, target)

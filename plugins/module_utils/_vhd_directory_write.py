@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import posixpath
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.xapi.proxy.plugins.module_utils._storage import AlreadyExistsError
+from ansible_collections.xapi.proxy.plugins.module_utils._storage import AlreadyExistsError, NotFoundError
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_directory import (
+    ALIAS_SUFFIX,
     CHUNK_FILTERS,
     DEFAULT_COMPRESSION,
     BlockCodec,
     block_path,
+    read_alias,
     set_bat_bit,
 )
-from ansible_collections.xapi.proxy.plugins.module_utils._vhd_errors import VhdFormatError
+from ansible_collections.xapi.proxy.plugins.module_utils._vhd_errors import VhdError, VhdFormatError
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_format import DEFAULT_BLOCK_SIZE
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_stream_write import VhdWriter
 from ansible_collections.xapi.proxy.plugins.module_utils._xo_layout import alias_content, alias_data_path
@@ -85,8 +88,22 @@ class VhdDirectoryWriter:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xapi-proxy-block")
         self._pending = deque()
         self._window = workers  # blocks held in memory at most: bounded, whatever the disk size
-        # A leftover of a killed run with the same timestamp would mix with the new blocks.
-        storage.delete_tree(self.directory, missing_ok=True)
+        if storage.exists(self.directory):
+            self._clear_leftover()
+
+    def _clear_leftover(self):
+        """A directory of this name without an alias is a killed run's leftover: its blocks would mix with
+        the new ones. One an alias names (after a merge, ``T2.alias.vhd`` holds ``data/T1.vhd``) is live."""
+        folder = posixpath.dirname(self.alias_path)
+        for name in self.storage.list(folder, missing_ok=True):
+            if name.endswith(ALIAS_SUFFIX):
+                with contextlib.suppress(VhdError, NotFoundError):
+                    if read_alias(self.storage, f"{folder}/{name}") == self.directory:
+                        raise AlreadyExistsError(
+                            f"{self.directory} already holds the disk of {folder}/{name} on {self.storage.display}",
+                            self.directory,
+                        )
+        self.storage.delete_tree(self.directory, missing_ok=True)
 
     @property
     def uuid(self):

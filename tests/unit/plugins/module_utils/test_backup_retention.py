@@ -160,3 +160,86 @@ def test_merge_killed_midway_is_finished_by_the_next_run(tiny, tmp_path):
     for backup_id, hashes in expected.items():
         assert remote_disk_hashes(remote, backup_id) == hashes, backup_id
     assert Path(remote).exists()
+
+
+class Killed(BaseException):
+    """The process dying at that point: nothing in the engine may catch it."""
+
+
+def killed_after(storage, n):
+    """``storage`` whose ``n``-th change (rename, delete, delete_tree, write) kills the process; n=None counts."""
+    calls = {"count": 0}
+
+    class Dying(type(storage)):
+        pass
+
+    def dies(orig):
+        def change(self, *args, **kwargs):
+            calls["count"] += 1
+            if n is not None and calls["count"] > n:
+                raise Killed
+            return orig(self, *args, **kwargs)
+
+        return change
+
+    for name in ("rename", "delete", "delete_tree", "write_bytes"):
+        setattr(Dying, name, dies(getattr(type(storage), name)))
+    dying = Dying.__new__(Dying)
+    dying.__dict__.update(storage.__dict__)
+    return dying, calls
+
+
+def test_a_merge_of_vhd_directories_killed_at_any_step_is_finished_by_the_next_run(tiny, tmp_path):
+    """Every change a merge and its cleanup make is a point where the proxy can die; the next run must
+    finish the merge and every kept backup must still hold exactly what it held."""
+    from ansible_collections.xapi.proxy.plugins.module_utils._backup_clean import clean  # noqa: PLC0415
+    from ansible_collections.xapi.proxy.plugins.module_utils._backup_verify import verify_backup  # noqa: PLC0415
+    from ansible_collections.xapi.proxy.plugins.module_utils._storage import open_remote  # noqa: PLC0415
+
+    built = tmp_path / "built"
+    built.mkdir()
+    args = module_args(tiny, built, tmp_path, remotes=[f"file://{built}?useVhdDirectory=true"], retention=10)
+    disks = live_disks(tiny)
+    for run in range(3):
+        guest_writes(tiny, disks, run)
+        rc, result = run_module("backup", args)
+        assert rc == 0, result.get("msg")
+    vm_uuid = result["vms"][0]["uuid"]
+    ids = sorted(backups_of(built, vm_uuid))
+    assert all(v.endswith(".alias.vhd") for v in metadata(built, ids[-1])["vhds"].values())
+    expected = {bid: remote_disk_hashes(built, bid) for bid in ids[1:]}
+
+    def fresh():
+        remote = tmp_path / "remote"
+        subprocess.run(["rm", "-rf", str(remote)], check=True)
+        subprocess.run(["cp", "-a", str(built), str(remote)], check=True)
+        return remote, open_remote(f"file://{remote}?useVhdDirectory=true")
+
+    remote, storage = fresh()
+    counting, calls = killed_after(storage, None)
+    assert clean(counting, vm_uuid, delete=[ids[0]])["merged"]
+    steps = calls["count"]
+    assert steps > 10
+    for n in range(steps):
+        remote, storage = fresh()
+        dying, _ = killed_after(storage, n)
+        try:
+            clean(dying, vm_uuid, delete=[ids[0]])
+        except Killed:
+            pass
+        else:
+            raise AssertionError(f"step {n} of {steps} was not reached")
+        clean(storage, vm_uuid, delete=[ids[0]])  # the next run, whose retention drops the same backup
+        assert sorted(backups_of(remote, vm_uuid)) == ids[1:], f"killed at step {n}"
+        for bid in ids[1:]:
+            assert remote_disk_hashes(remote, bid) == expected[bid], f"killed at step {n}: {bid} changed"
+            assert verify_backup(storage, bid) == [], f"killed at step {n}"
+        for folder in {posixpath_dir(v) for v in metadata(remote, ids[-1])["vhds"].values()}:
+            names = os.listdir(remote / "xo-vm-backups" / vm_uuid / folder)
+            assert not [n for n in names if n.endswith(".merge.json")], f"killed at step {n}: {names}"
+            data = os.listdir(remote / "xo-vm-backups" / vm_uuid / folder / "data")
+            assert len(data) == sum(n.endswith(".alias.vhd") for n in names) == 2, f"killed at step {n}: {data}"
+
+
+def posixpath_dir(rel):
+    return rel.rsplit("/", 1)[0]

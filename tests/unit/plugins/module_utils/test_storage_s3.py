@@ -331,3 +331,17 @@ def test_region_and_path_style(rclone_s3):
     assert guess_region("s3.eu-west-3.amazonaws.com") == "eu-west-3"
     assert guess_region("s3-us-gov-west-1.amazonaws.com") == "us-gov-west-1"
     assert guess_region("minio.example") == "us-east-1"
+
+
+def test_small_reads_are_one_get_and_fail_as_the_contract_says(new_s3_url):
+    with open_remote(new_s3_url) as store:
+        store.write_bytes("dir/leaf", b"x" * 100)
+        gets, heads = count_calls(store, "GetObject"), count_calls(store, "HeadObject")
+        assert store.read_bytes("dir/leaf") == b"x" * 100
+        assert (len(gets), len(heads)) == (1, 0)
+        with pytest.raises(StorageError, match="as a small file: it has 100 bytes \\(limit 10\\)"):
+            store.read_bytes("dir/leaf", limit=10)
+        with pytest.raises(StorageError, match="dir on .* it is a directory"):
+            store.read_bytes("dir")
+        with pytest.raises(NotFoundError, match="nothing-here .* does not exist"):
+            store.read_bytes("nothing-here")

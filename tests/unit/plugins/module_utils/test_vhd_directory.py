@@ -323,3 +323,49 @@ def test_reads_ahead_follow_the_chain_and_skip_what_it_does_not_ask(storage):
         holders = {next(m for m in chain.members if m.has_block(i)).name for i in chain.allocated_blocks()}
         assert len(holders) >= 2 and {m.name for m in chain.members if m._pool is not None} == holders
     assert all(m._pool is None for m in chain.members), "closing the chain stops its readers"
+
+
+def test_a_new_backup_never_clears_a_directory_an_alias_still_names(storage):
+    """After a merge ``T2.alias.vhd`` names ``data/T1.vhd``: a new T1 backup must not clear it."""
+    blocks, raw = random_disk(SIZE, seed=20)
+    write_dir(storage, alias(1), blocks, U0)
+    storage.rename(alias(1), alias(2))
+    with pytest.raises(AlreadyExistsError, match="already holds the disk of"):
+        VhdDirectoryWriter(storage, alias(1), SIZE, uuid=U1)
+    assert chain_raw(storage, alias(2)) == raw
+    storage.delete(alias(2))  # now a leftover no alias names: cleared and rewritten
+    assert write_dir(storage, alias(1), {0: blocks[min(blocks)]}, U1) > 0
+    assert open_alias(storage, alias(1)).allocated_blocks() == [0]
+
+
+def test_merge_killed_after_its_tables_resumes_to_cleanup(storage, tmp_path):
+    """Blocks that cannot be moved (another compression) are rewritten; a kill after the parent took the
+    child's identity (footer written) but before the state said so must still resume."""
+    base, raw = random_disk(SIZE, seed=21)
+    write_dir(storage, alias(1), base, U0)
+    delta, _ = random_disk(SIZE, seed=22, density=0.3)
+    write_dir(storage, alias(2), delta, U1, parent=(U0, alias(1)), compression="gzip")
+    saves = []
+
+    def on_state(state):
+        saves.append(state)
+        if state["step"] == "cleanup":
+            raise Interrupt
+
+    with open_children(storage, [alias(2)]) as child, pytest.raises(Interrupt):
+        merge_vhd_directory(open_alias(storage, alias(1)), child, on_state=on_state, state_interval=0)
+    assert open_alias(storage, alias(1)).footer.uuid_str == U1, "the tables were written"
+    with open_children(storage, [alias(2)]) as child:
+        final = merge_vhd_directory(open_alias(storage, alias(1)), child, state=saves[-2])
+    assert final["step"] == "cleanup"
+    assert chain_raw(storage, alias(1)) == overlay(raw, delta)
+
+
+def test_smb_directories_are_read_without_concurrent_requests(new_smb_url):
+    """One SMB session takes ordered requests: read-ahead is off there (it is on for file and S3)."""
+    blocks, raw = random_disk(SIZE, seed=23)
+    with open_remote(new_smb_url) as smb:
+        write_dir(smb, alias(1), blocks, U0)
+        with open_vhd_chain(alias(1), opener=remote_vhd_opener(smb)) as chain:
+            assert b"".join(chain.raw_stream()) == raw
+            assert chain.members[0]._pool is None

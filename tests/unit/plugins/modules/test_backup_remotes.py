@@ -194,3 +194,24 @@ def test_s3_over_https_with_a_private_ca(tiny, rclone_s3_tls, tmp_path):
                                           "verify": True})  # fmt: skip
     assert rc == 0, info.get("msg")
     assert [b["id"] for b in info["backups"]] == [result["vms"][0]["backup_id"]] and not info["backups"][0]["problems"]
+
+
+def test_switching_use_vhd_directory_starts_a_new_chain_and_keeps_the_old_one(tiny, tmp_path):
+    """A base of the other layout is not reused (XO's isMergeableParent): a full starts the new chain, and
+    while both layouts sit in the VM folder old deltas are kept rather than merged across layouts."""
+    root = tmp_path / "remote"
+    root.mkdir()
+    conn = {"hostname": tiny.url, "password": tiny.password, "ca_path": str(tiny.ca_path)}
+    job = {**conn, "job": "switch", "names": ["tiny-01"], "retention": 3, "progress_dir": str(tmp_path / "p")}
+    modes = []
+    for url in [f"file://{root}"] * 2 + [f"file://{root}?useVhdDirectory=true"] * 2:
+        rc, result = run_module("backup", {**job, "remotes": [url]})
+        assert rc == 0, result.get("msg")
+        vm = result["vms"][0]
+        md = json.loads((root / vm["backup_id"]).read_text())
+        modes.append((vm["mode"], all(v.endswith(".alias.vhd") for v in md["vhds"].values())))
+    assert modes == [("full", False), ("incremental", False), ("full", True), ("incremental", True)]
+    retention = next(iter(vm["retention"].values()))
+    assert not retention["merged"] and any("useVhdDirectory was switched" in w for w in retention["warnings"])
+    rc, info = run_module("backup_info", {"remote": f"file://{root}", "verify": True, "vm": "tiny-01"})
+    assert rc == 0 and len(info["backups"]) == 3 and all(not b["problems"] for b in info["backups"]), info
