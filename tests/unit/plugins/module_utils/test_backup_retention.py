@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from backup_checks import backups_of, metadata, remote_disk_hashes
 from module_runner import COLLECTIONS, run_module
 
@@ -189,7 +190,8 @@ def killed_after(storage, n):
     return dying, calls
 
 
-def test_a_merge_of_vhd_directories_killed_at_any_step_is_finished_by_the_next_run(tiny, tmp_path):
+@pytest.mark.parametrize("layout", ["?useVhdDirectory=true", ""], ids=["vhd-directories", "vhd-files"])
+def test_a_merge_killed_at_any_step_is_finished_by_the_next_run(tiny, tmp_path, layout):
     """Every change a merge and its cleanup make is a point where the proxy can die; the next run must
     finish the merge and every kept backup must still hold exactly what it held."""
     from ansible_collections.xapi.proxy.plugins.module_utils._backup_clean import clean  # noqa: PLC0415
@@ -198,7 +200,7 @@ def test_a_merge_of_vhd_directories_killed_at_any_step_is_finished_by_the_next_r
 
     built = tmp_path / "built"
     built.mkdir()
-    args = module_args(tiny, built, tmp_path, remotes=[f"file://{built}?useVhdDirectory=true"], retention=10)
+    args = module_args(tiny, built, tmp_path, remotes=[f"file://{built}{layout}"], retention=10)
     disks = live_disks(tiny)
     for run in range(3):
         guest_writes(tiny, disks, run)
@@ -206,14 +208,14 @@ def test_a_merge_of_vhd_directories_killed_at_any_step_is_finished_by_the_next_r
         assert rc == 0, result.get("msg")
     vm_uuid = result["vms"][0]["uuid"]
     ids = sorted(backups_of(built, vm_uuid))
-    assert all(v.endswith(".alias.vhd") for v in metadata(built, ids[-1])["vhds"].values())
+    assert all(v.endswith(".alias.vhd") == bool(layout) for v in metadata(built, ids[-1])["vhds"].values())
     expected = {bid: remote_disk_hashes(built, bid) for bid in ids[1:]}
 
     def fresh():
         remote = tmp_path / "remote"
         subprocess.run(["rm", "-rf", str(remote)], check=True)
         subprocess.run(["cp", "-a", str(built), str(remote)], check=True)
-        return remote, open_remote(f"file://{remote}?useVhdDirectory=true")
+        return remote, open_remote(f"file://{remote}{layout}")
 
     remote, storage = fresh()
     counting, calls = killed_after(storage, None)
@@ -237,8 +239,10 @@ def test_a_merge_of_vhd_directories_killed_at_any_step_is_finished_by_the_next_r
         for folder in {posixpath_dir(v) for v in metadata(remote, ids[-1])["vhds"].values()}:
             names = os.listdir(remote / "xo-vm-backups" / vm_uuid / folder)
             assert not [n for n in names if n.endswith(".merge.json")], f"killed at step {n}: {names}"
-            data = os.listdir(remote / "xo-vm-backups" / vm_uuid / folder / "data")
-            assert len(data) == sum(n.endswith(".alias.vhd") for n in names) == 2, f"killed at step {n}: {data}"
+            assert sum(n.endswith(".vhd") for n in names) == 2, f"killed at step {n}: {names}"
+            if layout:
+                data = os.listdir(remote / "xo-vm-backups" / vm_uuid / folder / "data")
+                assert len(data) == 2, f"killed at step {n}: {data}"
 
 
 def posixpath_dir(rel):
