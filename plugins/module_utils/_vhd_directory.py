@@ -25,6 +25,7 @@ from ansible_collections.xapi.proxy.plugins.module_utils._vhd_errors import (
     VhdFormatError,
     VhdUnsupportedError,
 )
+from ansible_collections.xapi.proxy.plugins.module_utils._vhd_file import VhdIdentity
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_format import (
     DISK_TYPE_DIFFERENCING,
     DISK_TYPE_DYNAMIC,
@@ -33,7 +34,6 @@ from ansible_collections.xapi.proxy.plugins.module_utils._vhd_format import (
     Footer,
     Header,
     bitmap_bytes,
-    block_count,
     check_block_size,
 )
 from ansible_collections.xapi.proxy.plugins.module_utils._xo_layout import resolve_alias
@@ -132,7 +132,7 @@ def read_alias(storage, alias_path):
         raise VhdFormatError(str(e), alias_path) from None
 
 
-class VhdDirectory:
+class VhdDirectory(VhdIdentity):
     """One VHD directory opened for reading. ``name`` is the alias path (what chains link by)."""
 
     def __init__(self, storage, directory, name=None):
@@ -169,31 +169,6 @@ class VhdDirectory:
             return []
         except ValueError:
             raise VhdFormatError(f"{CHUNK_FILTERS} is not JSON", path) from None
-
-    # -- identity (the VhdFile interface) --------------------------------------------------------
-    @property
-    def virtual_size(self):
-        return self.footer.current_size
-
-    @property
-    def uuid(self):
-        return self.footer.uuid
-
-    @property
-    def is_differencing(self):
-        return self.footer.disk_type == DISK_TYPE_DIFFERENCING
-
-    @property
-    def parent_uuid(self):
-        return self.header.parent_uuid
-
-    @property
-    def parent_name(self):
-        return self.header.parent_name
-
-    @property
-    def blocks_needed(self):
-        return block_count(self.virtual_size, self.block_size)
 
     # -- blocks -----------------------------------------------------------------------------------
     def has_block(self, index):

@@ -21,13 +21,11 @@ from ansible_collections.xapi.proxy.plugins.module_utils._storage import NotFoun
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_bitmap import mask_to_bitmap
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_chain import VhdChain
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_directory import VhdDirectory, set_bat_bit
-from ansible_collections.xapi.proxy.plugins.module_utils._vhd_errors import VhdMergeError, VhdParentMismatchError
-from ansible_collections.xapi.proxy.plugins.module_utils._vhd_format import block_count, uuid_str
+from ansible_collections.xapi.proxy.plugins.module_utils._vhd_errors import VhdMergeError
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_merge import (
     _CLEANUP_STEPS,
     DEFAULT_STATE_INTERVAL,
-    STEP_CLEANUP,
-    STEP_MERGE_BLOCKS,
+    MergeDriver,
 )
 
 
@@ -50,114 +48,27 @@ def merge_vhd_directory(
         return state
     if not isinstance(parent, VhdDirectory):
         raise VhdMergeError("the parent of a block-moving merge must be a VHD directory", getattr(parent, "name", None))
-    members = list(child.members) if isinstance(child, VhdChain) else [child]
-    merger = _DirectoryMerger(parent, members, on_state, state_interval, clock or time.monotonic, on_progress)
+    merger = _DirectoryMerger(parent, child, on_state, state_interval, clock or time.monotonic, on_progress)
     return merger.run(copy.deepcopy(state), list(chain or []))
 
 
-class _DirectoryMerger:
-    def __init__(self, parent, members, on_state, interval, clock, on_progress):
-        self.parent = parent
-        self.members = members  # newest first
-        self.newest = members[0]
+class _DirectoryMerger(MergeDriver):
+    def __init__(self, parent, child, on_state, interval, clock, on_progress):
+        super().__init__(parent, child, on_state, interval, clock, on_progress)
+        self.members = list(child.members) if isinstance(child, VhdChain) else [child]  # newest first
         self.storage = parent.storage
-        self.on_state = on_state
-        self.interval = interval
-        self.clock = clock
-        self.on_progress = on_progress
-        self.last_save = None
-        self.block_size = parent.block_size
         self._chain = None
 
-    def run(self, state, chain):
-        parent, newest = self.parent, self.newest
-        entries = block_count(newest.virtual_size, self.block_size)
-        found = set()
-        for member in self.members:
-            found.update(i for i in member.allocated_blocks() if i < entries)
-        blocks = sorted(found)
-        resuming = state is not None
-        if state is None:
-            self._check_fresh()
-            state = {
-                "child": {"uuid": uuid_str(newest.uuid)},
-                "parent": {"uuid": uuid_str(parent.uuid)},
-                "chain": chain,
-                "currentBlock": blocks[0] if blocks else entries,
-                "mergedDataSize": 0,
-                "step": STEP_MERGE_BLOCKS,
-                "diskSize": len(blocks) * self.block_size,
-            }
-            self._save(state, force=True)
-        else:
-            self._check_resume(state)
-            if parent.uuid == newest.uuid and state["parent"]["uuid"] != state["child"]["uuid"]:
-                # The tables (footer last) were written before the kill: every block is in the parent.
-                state.update(step=STEP_CLEANUP, mergedDataSize=len(blocks) * self.block_size)
-                self._save(state, force=True)
-                return state
+    def _already_merged(self, state):
+        # The tables (footer last) were written before the kill: every block is in the parent.
+        return self.parent.uuid == self.child.uuid and state["parent"]["uuid"] != state["child"]["uuid"]
+
+    def _prepare(self, blocks, entries, resuming):
         if not resuming:
             self._check_objects(blocks)
-        start = int(state["currentBlock"])
-        done = sum(1 for i in blocks if i < start)
-        for position, index in enumerate(blocks):
-            if index < start:
-                continue
-            self._merge_block(index, resuming)
-            done += 1
-            state["currentBlock"] = blocks[position + 1] if position + 1 < len(blocks) else index + 1
-            state["mergedDataSize"] = done * self.block_size
-            self._save(state)
-            if self.on_progress is not None:
-                self.on_progress(done, len(blocks))
+
+    def _finish(self, blocks, entries):
         self._write_tables(blocks, entries)
-        state["mergedDataSize"] = len(blocks) * self.block_size
-        state["step"] = STEP_CLEANUP
-        self._save(state, force=True)
-        return state
-
-    # -- checks ---------------------------------------------------------------------------------
-    def _check_fresh(self):
-        oldest = self.members[-1]
-        if not oldest.is_differencing:
-            raise VhdMergeError("the child is not a differencing disk", oldest.name)
-        if oldest.parent_uuid != self.parent.uuid:
-            raise VhdParentMismatchError(
-                f"{oldest.name!r} expects parent uuid {uuid_str(oldest.parent_uuid)} but {self.parent.name!r} "
-                f"has uuid {uuid_str(self.parent.uuid)}",
-                oldest.name,
-            )
-        self._check_block_size()
-
-    def _check_resume(self, state):
-        try:
-            child_uuid, parent_uuid = state["child"]["uuid"], state["parent"]["uuid"]
-            state["currentBlock"] = int(state.get("currentBlock") or 0)  # NaN stored as null: start over
-        except (KeyError, TypeError, ValueError) as exc:
-            raise VhdMergeError(f"merge state is incomplete or malformed: {exc!r}", self.parent.name) from None
-        if state.get("step") != STEP_MERGE_BLOCKS:
-            raise VhdMergeError(f"unknown merge step {state.get('step')!r}", self.parent.name)
-        if uuid_str(self.newest.uuid) != child_uuid:
-            raise VhdMergeError(
-                f"merge state is for child uuid {child_uuid}, but {self.newest.name!r} has "
-                f"{uuid_str(self.newest.uuid)}",
-                self.newest.name,
-            )
-        if uuid_str(self.parent.uuid) not in (parent_uuid, child_uuid):
-            raise VhdMergeError(
-                f"merge state is for parent uuid {parent_uuid}, but {self.parent.name!r} has "
-                f"{uuid_str(self.parent.uuid)}",
-                self.parent.name,
-            )
-        self._check_block_size()
-
-    def _check_block_size(self):
-        for member in self.members:
-            if member.block_size != self.block_size:
-                raise VhdMergeError(
-                    f"block size {member.block_size} of {member.name!r} differs from {self.block_size} of the parent",
-                    self.parent.name,
-                )
 
     def _check_objects(self, blocks):
         """Before moving anything: every object a move will take exists (one listing per 1000 blocks).
@@ -219,26 +130,9 @@ class _DirectoryMerger:
             parent.bat.extend(bytes(need - len(parent.bat)))
         for index in blocks:
             set_bat_bit(parent.bat, index)
-        source = self.newest.footer
-        footer = parent.footer.replace(
-            uuid=source.uuid,
-            current_size=source.current_size,
-            original_size=source.original_size,
-            geometry=source.geometry,
-            timestamp=source.timestamp,
-        )
+        footer = self.merged_footer()
         directory = parent.directory
         self.storage.write_bytes(f"{directory}/bat", bytes(parent.bat))
         self.storage.write_bytes(f"{directory}/header", parent.header.to_bytes())
         self.storage.write_bytes(f"{directory}/footer", footer.to_bytes())  # last: this is what says "merged"
         parent.footer = footer
-
-    # -- state ----------------------------------------------------------------------------------
-    def _save(self, state, force=False):
-        if self.on_state is None:
-            return
-        now = self.clock()
-        if not force and self.last_save is not None and now - self.last_save < self.interval:
-            return
-        self.on_state(copy.deepcopy(state))
-        self.last_save = now

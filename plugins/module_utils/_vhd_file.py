@@ -61,7 +61,36 @@ def read_at(fileobj, offset, size, source, what, position=None):
     return data
 
 
-class VhdFile:
+class VhdIdentity:
+    """What a chain asks of a member beyond its blocks, read from its ``footer``, ``header`` and ``block_size``."""
+
+    @property
+    def virtual_size(self):
+        return self.footer.current_size
+
+    @property
+    def uuid(self):
+        return self.footer.uuid
+
+    @property
+    def is_differencing(self):
+        return self.footer.disk_type == DISK_TYPE_DIFFERENCING
+
+    @property
+    def parent_uuid(self):
+        return self.header.parent_uuid
+
+    @property
+    def parent_name(self):
+        return self.header.parent_name
+
+    @property
+    def blocks_needed(self):
+        """BAT entries that cover the virtual size."""
+        return block_count(self.virtual_size, self.block_size)
+
+
+class VhdFile(VhdIdentity):
     """One VHD file opened for random access; ``name`` is used in messages and to find the parent."""
 
     def __init__(self, fileobj, name="<vhd>", size=None):
@@ -94,36 +123,10 @@ class VhdFile:
             except VhdFormatError:
                 raise first from None
 
-    # -- identity -------------------------------------------------------------------------------
-    @property
-    def virtual_size(self):
-        return self.footer.current_size
-
-    @property
-    def uuid(self):
-        return self.footer.uuid
-
-    @property
-    def is_differencing(self):
-        return self.footer.disk_type == DISK_TYPE_DIFFERENCING
-
-    @property
-    def parent_uuid(self):
-        return self.header.parent_uuid
-
-    @property
-    def parent_name(self):
-        return self.header.parent_name
-
     @property
     def block_span(self):
         """Bytes one allocated block takes in the file (bitmap + data)."""
         return self.bitmap_size + self.block_size
-
-    @property
-    def blocks_needed(self):
-        """BAT entries that cover the virtual size."""
-        return block_count(self.virtual_size, self.block_size)
 
     # -- blocks -----------------------------------------------------------------------------------
     def has_block(self, index):

@@ -100,30 +100,35 @@ def merge_vhd_files(
         return merge_vhd(parent, child, state, on_state, state_interval, chain, on_progress=on_progress)
 
 
-class _Merger:
+class MergeDriver:
+    """What every merge shares: XO's state (made, checked on resume, saved at most every ``interval``),
+    the blocks in ascending order, progress. Subclasses move the data: :class:`_Merger` into a VHD
+    file in place, ``_vhd_directory_merge`` into a VHD directory. ``child`` is a member or a partial
+    VhdChain (newest first: its uuid and footer are the newest's, its parent link the oldest's)."""
+
     def __init__(self, parent, child, on_state, interval, clock, on_progress=None):
         self.on_progress = on_progress
         self.parent = parent
         self.child = child
-        self.file = parent.file
         self.on_state = on_state
         self.interval = interval
         self.clock = clock
         self.last_save = None
         self.block_size = parent.block_size
-        self.data_end = parent.data_end()
 
     # -- driver ---------------------------------------------------------------------------------
     def run(self, state, chain):
         parent, child = self.parent, self.child
-        blocks = [i for i in child.allocated_blocks() if i < block_count(child.virtual_size, child.block_size)]
+        entries = block_count(child.virtual_size, child.block_size)
+        blocks = [i for i in child.allocated_blocks() if i < entries]
+        resuming = state is not None
         if state is None:
             self._check_fresh()
             state = {
                 "child": {"uuid": uuid_str(child.uuid)},
                 "parent": {"uuid": uuid_str(parent.uuid)},
                 "chain": chain,
-                "currentBlock": blocks[0] if blocks else block_count(child.virtual_size, self.block_size),
+                "currentBlock": blocks[0] if blocks else entries,
                 "mergedDataSize": 0,
                 "step": STEP_MERGE_BLOCKS,
                 "diskSize": len(blocks) * self.block_size,
@@ -131,14 +136,15 @@ class _Merger:
             self._save(state, force=True)  # before any write: a resume always has a state to trust
         else:
             self._check_resume(state)
-
-        self._ensure_bat(block_count(child.virtual_size, self.block_size))
+            if self._already_merged(state):
+                return self._done(state, blocks)
+        self._prepare(blocks, entries, resuming)
         start = state["currentBlock"]
         done = sum(1 for i in blocks if i < start)
         for position, index in enumerate(blocks):
             if index < start:
                 continue
-            self._merge_block(index)
+            self._merge_block(index, resuming)
             done += 1
             following = blocks[position + 1] if position + 1 < len(blocks) else index + 1
             state["currentBlock"] = following
@@ -146,13 +152,35 @@ class _Merger:
             self._save(state)
             if self.on_progress is not None:
                 self.on_progress(done, len(blocks))
-        self._finish_footer()
+        self._finish(blocks, entries)
+        return self._done(state, blocks)
+
+    def _done(self, state, blocks):
         state["currentBlock"] = max(state["currentBlock"], blocks[-1] + 1 if blocks else 0)
         state["mergedDataSize"] = len(blocks) * self.block_size
         state["step"] = STEP_CLEANUP
         self._save(state, force=True)
         return state
 
+    # -- what subclasses do ---------------------------------------------------------------------
+    def _already_merged(self, state):
+        """On resume: is the data work complete although the state does not say so yet?"""
+        return False
+
+    def _prepare(self, blocks, entries, resuming):
+        """Before the first block of this run."""
+
+    def _merge_block(self, index, resuming):
+        raise NotImplementedError
+
+    def _finish(self, blocks, entries):
+        """After the last block: the parent takes the child's identity (what says "merged" goes last)."""
+        raise NotImplementedError
+
+    def _sync(self):
+        """Make every write so far durable before a state claiming it is saved."""
+
+    # -- checks ---------------------------------------------------------------------------------
     def _check_fresh(self):
         parent, child = self.parent, self.child
         if parent.footer.disk_type not in (DISK_TYPE_DYNAMIC, DISK_TYPE_DIFFERENCING):
@@ -173,7 +201,7 @@ class _Merger:
             state["currentBlock"] = 0  # some Xen Orchestra releases stored NaN, i.e. null: start over
         try:
             child_uuid, parent_uuid = state["child"]["uuid"], state["parent"]["uuid"]
-            int(state["currentBlock"])
+            state["currentBlock"] = int(state["currentBlock"])
         except (KeyError, TypeError, ValueError) as exc:
             raise VhdMergeError(f"merge state is incomplete or malformed: {exc!r}", parent.name) from None
         if state.get("step") != STEP_MERGE_BLOCKS:
@@ -191,6 +219,7 @@ class _Merger:
         self._check_block_size()
 
     def _check_block_size(self):
+        # A VhdChain child has checked that its members share one block size.
         if self.child.block_size != self.block_size:
             raise VhdMergeError(
                 f"block size {self.child.block_size} of the child differs from {self.block_size} of the parent",
@@ -204,9 +233,33 @@ class _Merger:
         now = self.clock()
         if not force and self.last_save is not None and now - self.last_save < self.interval:
             return
-        self._sync()  # the state must never claim blocks that are not on disk yet
+        self._sync()  # the state must never claim blocks that are not stored yet
         self.on_state(copy.deepcopy(state))
         self.last_save = now
+
+    def merged_footer(self):
+        """The parent's footer once merged: the child's uuid, sizes, geometry and timestamp."""
+        source = self.child.footer
+        return self.parent.footer.replace(
+            uuid=source.uuid,
+            current_size=source.current_size,
+            original_size=source.original_size,
+            geometry=source.geometry,
+            timestamp=source.timestamp,
+        )
+
+
+class _Merger(MergeDriver):
+    def __init__(self, parent, child, on_state, interval, clock, on_progress=None):
+        super().__init__(parent, child, on_state, interval, clock, on_progress)
+        self.file = parent.file
+        self.data_end = parent.data_end()
+
+    def _prepare(self, blocks, entries, resuming):
+        self._ensure_bat(entries)
+
+    def _finish(self, blocks, entries):
+        self._finish_footer()
 
     def _sync(self):
         flush = getattr(self.file, "flush", None)
@@ -262,7 +315,7 @@ class _Merger:
         self.data_end = max(self.data_end, header.table_offset + bat_bytes(needed))
         self._write_at(self.data_end, parent.footer.to_bytes())
 
-    def _merge_block(self, index):
+    def _merge_block(self, index, resuming=False):
         parent = self.parent
         got = self.child.read_block_mask(index)
         if got is None:
@@ -295,14 +348,7 @@ class _Merger:
 
     def _finish_footer(self):
         parent = self.parent
-        source = self.child.footer
-        footer = parent.footer.replace(
-            uuid=source.uuid,
-            current_size=source.current_size,
-            original_size=source.original_size,
-            geometry=source.geometry,
-            timestamp=source.timestamp,
-        )
+        footer = self.merged_footer()
         raw = footer.to_bytes()
         self._write_at(self.data_end, raw)
         truncate = getattr(self.file, "truncate", None)
