@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import http.client
 import re
 import time
 from typing import Any, Dict, Iterator, List, Optional
@@ -73,6 +74,7 @@ try:
     from botocore import UNSIGNED
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError, SSLError
+    from urllib3.exceptions import HTTPError as Urllib3Error  # botocore's HTTP layer
 except ImportError:  # reported when an S3 remote is opened, not when the collection is imported
     boto3 = None
 
@@ -230,6 +232,14 @@ class S3Storage(Storage):
             return error_from_os(OSError(errno.EHOSTUNREACH, str(err)), action, rel, self.display)
         if isinstance(err, OSError):
             return error_from_os(err, action, rel, self.display)
+        if isinstance(err, (Urllib3Error, http.client.HTTPException)):
+            # The answer broke off after its headers: botocore does not retry a body it is reading.
+            detail = err.args[0] if err.args else type(err).__name__
+            return StorageError(
+                f"{what}: the S3 server {self.url.host} broke off its answer ({detail}); run again, and check the "
+                "server's log if it persists.",
+                rel,
+            )
         raise err  # a programming error, not a remote failure
 
     def _call(self, action: str, rel: Optional[str], method: str, **params):

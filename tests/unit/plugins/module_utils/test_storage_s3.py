@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import pytest
 from botocore.exceptions import ClientError
-from servers import S3_KEY, S3_SECRET, S3_SMALL_BUCKET
+from servers import S3_BUCKET, S3_KEY, S3_SECRET, S3_SMALL_BUCKET
 from test_storage_contract import Backend, child, wait_line
 
 from ansible_collections.xapi.proxy.plugins.module_utils import _storage_s3
@@ -345,3 +345,23 @@ def test_small_reads_are_one_get_and_fail_as_the_contract_says(new_s3_url):
             store.read_bytes("dir")
         with pytest.raises(NotFoundError, match="nothing-here .* does not exist"):
             store.read_bytes("nothing-here")
+
+
+def test_an_answer_that_breaks_off_is_a_storage_error(rclone_s3):
+    # rclone still lists an object deleted from its backing folder behind its back; reading it sends the
+    # headers and then drops the connection mid-body. botocore raises urllib3's ProtocolError for that.
+    prefix = rclone_s3.new_prefix()
+    with open_remote(rclone_s3.url(prefix=prefix), max_attempts=1) as store:
+        store.write_bytes("d/gone.json", b"x" * 2000)
+        assert store.list("d") == ["gone.json"]
+        (rclone_s3.root / S3_BUCKET / prefix / "d" / "gone.json").unlink()
+        expected = (
+            f"cannot read d/gone.json on {re.escape(store.display)}: the S3 server 127.0.0.1 broke off its answer "
+            r"\(Connection broken: IncompleteRead\(\d+ bytes read, \d+ more expected\)\); run again"
+        )
+        with pytest.raises(StorageError, match=expected) as small:
+            store.read_bytes("d/gone.json")
+        with pytest.raises(StorageError, match=expected) as streamed, store.open_read("d/gone.json") as fh:
+            fh.read()
+        for info in (small, streamed):
+            assert type(info.value) is StorageError and S3_SECRET not in str(info.value)
