@@ -285,13 +285,29 @@ class S3Storage(Storage):
                 fake = ClientError({"Error": {"Code": first.get("Code"), "Message": first.get("Message")}}, "Delete")
                 raise self._fail(fake, action, rel)
 
-    def _copy(self, src_key: str, dst_key: str, action: str, rel: str) -> None:
-        # boto3's managed copy: one CopyObject up to 5 GiB, a multipart copy (UploadPartCopy) above
-        config = TransferConfig(multipart_threshold=MAX_PART, multipart_chunksize=512 * MiB, use_threads=False)
+    def _copy(self, src_key: str, dst_key: str, action: str, rel: str) -> bool:
+        """Copy one object server side; False if there is no object ``src_key``.
+
+        One CopyObject, no HEAD first: a merge moves VHD-directory blocks by the thousand. S3 refuses
+        CopyObject above 5 GiB (InvalidRequest); boto3's managed copy then copies in parts."""
+        source = {"Bucket": self.bucket, "Key": src_key}
         try:
-            self._client.copy({"Bucket": self.bucket, "Key": src_key}, self.bucket, dst_key, Config=config)
+            self._client.copy_object(Bucket=self.bucket, Key=dst_key, CopySource=source)
+            return True
+        except ClientError as err:
+            code = str(err.response.get("Error", {}).get("Code"))
+            if code in _MISSING:
+                return False
+            if code != "InvalidRequest":
+                raise self._fail(err, action, rel) from None
         except Exception as err:  # noqa: BLE001
             raise self._fail(err, action, rel) from None
+        config = TransferConfig(multipart_threshold=MAX_PART, multipart_chunksize=512 * MiB, use_threads=False)
+        try:
+            self._client.copy(source, self.bucket, dst_key, Config=config)
+        except Exception as err:  # noqa: BLE001
+            raise self._fail(err, action, rel) from None
+        return True
 
     # -- contract ---------------------------------------------------------------------------
     def open_write(self, path: str, *, overwrite: bool = True, size_hint: Optional[int] = None) -> WriteStream:
@@ -347,8 +363,7 @@ class S3Storage(Storage):
     def rename(self, src: str, dst: str) -> None:
         rsrc, rdst = normalize_path(src), normalize_path(dst)
         action = f"rename {rsrc} to"
-        if self._head(rsrc, action) is not None:
-            self._copy(self._key(rsrc), self._key(rdst), action, rdst)
+        if self._copy(self._key(rsrc), self._key(rdst), action, rdst):  # a file: two requests
             self._call(action, rdst, "delete_object", Bucket=self.bucket, Key=self._key(rsrc))
             return
         src_prefix, dst_prefix = self._dir_prefix(rsrc), self._dir_prefix(rdst)
@@ -356,7 +371,10 @@ class S3Storage(Storage):
         if not keys:
             raise NotFoundError(f"cannot rename {rsrc} to {rdst} on {self.display}: it does not exist.", rdst)
         for key in keys:  # copy everything first: an interruption leaves both trees, never a half one
-            self._copy(key, dst_prefix + key[len(src_prefix) :], action, rdst)
+            if not self._copy(key, dst_prefix + key[len(src_prefix) :], action, rdst):
+                raise NotFoundError(
+                    f"cannot rename {rsrc} to {rdst} on {self.display}: {key} vanished meanwhile.", rdst
+                )
         self._delete_keys(keys, action, rdst)
 
     def list(self, path: str = "", *, missing_ok: bool = False) -> List[str]:
