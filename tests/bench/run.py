@@ -36,7 +36,9 @@ and socket reads about 2; O_DIRECT writes about 0.2) and the simulator 2.8-3.3 w
 so the two cores cannot finish it in less than about 6.3 s; curl needs 3.4-5.7 CPU seconds and takes
 5.3-7.1 s (its page-cache writes cost 1 to 5 s of kernel time depending on the host's memory). The
 ratio therefore ranged from 0.66 to 1.06 between runs of this script: above 0.84 only when curl had a
-slow run. Full runs of the other rows gave zstd 1.02-1.10, smb 1.03 and s3 0.53-0.59. The S3 row is
+slow run. Under the row, two floors measured in the same run: the MD5 of as many bytes alone on one
+core (no pipeline that writes Xen Orchestra's checksum ends sooner) and the CPU seconds of the module
+and the simulator divided by the cores (this pipeline on this host). Full runs of the other rows gave zstd 1.02-1.10, smb 1.03 and s3 0.53-0.59. The S3 row is
 bound by the two cores on both sides: ``rclone serve s3`` itself spends 22 CPU seconds on the
 baseline's 4.3 GB and 28 on the backup's, boto3 6.4 in both; the backup adds reading XAPI and the MD5
 (module 16.5 s in all) and the simulator 4.0 s. Both runs kept the cores 83 % busy, so the ratio is
@@ -50,6 +52,7 @@ one core the full backup cannot keep up with curl; unpinned, the module uses the
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -203,6 +206,17 @@ def rounds(n, sim, kinds):
     return best
 
 
+def md5_seconds(size):
+    """Seconds hashlib's MD5 takes for ``size`` bytes on one idle core (256 MiB hashed, scaled): the
+    ``.xva.checksum`` Xen Orchestra's layout needs is one serial MD5, so no pipeline ends sooner."""
+    data = memoryview(os.urandom(16 * MiB))
+    digest = hashlib.md5(usedforsecurity=False)
+    start = time.monotonic()
+    for _ in range(16):
+        digest.update(data)
+    return (time.monotonic() - start) * size / (256 * MiB)
+
+
 def cpu_line(label, ours, base, base_name):
     print(f"  {'cpu s: ' + label:42s} {ours.cpu:>13.1f}s {base.cpu:>15.1f}s   simulator "
           f"{ours.sim_cpu:.1f}s / {base.sim_cpu:.1f}s ({base_name})", flush=True)  # fmt: skip
@@ -268,6 +282,10 @@ def main():
                 row("full backup (XVA) to file://", f"{rate:.0f} MB/s", f"curl {base_rate:.0f} MB/s", f"{ratio:.2f}",
                     ">= 0.95", ratio >= 0.95)  # fmt: skip
                 cpu_line("module vs curl", ours, base, "module / curl")
+                md5, cores = md5_seconds(ours.result), (ours.cpu + ours.sim_cpu) / (os.cpu_count() or 1)
+                print(f"  {'floors: MD5 alone on one core; all CPU / cores':42s} {md5:>13.1f}s {cores:>15.1f}s   "
+                      f"(ratio {base.wall / md5:.2f} at best for any pipeline with the MD5; "
+                      f"{base.wall / max(md5, cores):.2f} for this one)", flush=True)  # fmt: skip
         if "zstd" in selected:
             # 2. zstd: XAPI compresses for us; the baseline compresses on the proxy with every core.
             def zstd_curl():
