@@ -38,8 +38,10 @@ so the two cores cannot finish it in less than about 6.3 s; curl needs 3.4-5.7 C
 ratio therefore ranged from 0.66 to 1.06 between runs of this script: above 0.84 only when curl had a
 slow run. Under the row, two floors measured in the same run: the MD5 of as many bytes alone on one
 core (no pipeline that writes Xen Orchestra's checksum ends sooner) and the CPU seconds of the module
-and the simulator divided by the cores (this pipeline on this host). Full runs of the other rows gave zstd 1.02-1.10, smb 1.03 and s3 0.53-0.59. The S3 row is
-bound by the two cores on both sides: ``rclone serve s3`` itself spends 22 CPU seconds on the
+and the simulator divided by the cores (this pipeline on this host).
+
+Full runs of the other rows gave zstd 1.02-1.10, smb 1.03 and s3 0.53-0.59. The S3 row is bound by
+the two cores on both sides: ``rclone serve s3`` itself spends 22 CPU seconds on the
 baseline's 4.3 GB and 28 on the backup's, boto3 6.4 in both; the backup adds reading XAPI and the MD5
 (module 16.5 s in all) and the simulator 4.0 s. Both runs kept the cores 83 % busy, so the ratio is
 the ratio of CPU seconds, (22 + 6.4) / (28 + 16.5 + 4.0) = 0.59, what was measured.

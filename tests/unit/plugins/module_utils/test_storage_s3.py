@@ -12,6 +12,7 @@ import tracemalloc
 from urllib.parse import quote
 
 import pytest
+from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 from servers import S3_BUCKET, S3_KEY, S3_SECRET, S3_SMALL_BUCKET
 from test_storage_contract import Backend, child, wait_line
@@ -388,8 +389,6 @@ def test_an_answer_that_breaks_off_is_a_storage_error(rclone_s3):
 def test_objects_above_5_gib_are_copied_in_parts(new_s3_url):
     # AWS refuses CopyObject for sources above 5 GiB with InvalidRequest; rclone has no such limit, so
     # the first CopyObject gets that answer from a before-call hook (botocore's stubbing point).
-    from botocore.awsrequest import AWSResponse
-
     refused = []
 
     def refuse_once(**_):
