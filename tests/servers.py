@@ -17,7 +17,8 @@ not root) is skipped with the reason.
   interpreter's scripts): a local folder served as S3 with one access key. Buckets are its top-level
   directories: ``backups``, and ``small`` (a 1 MiB tmpfs) when root.
 
-``new_smb_url`` / ``new_s3_url`` give each test its own empty sub-folder or prefix.
+``new_smb_url`` / ``new_s3_url`` give each test its own empty sub-folder or prefix. ``CuttingProxy``
+relays TCP to one of these servers and drops the connection in the middle of chosen answers.
 """
 
 import contextlib
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -315,6 +317,80 @@ def rclone_s3_tls():
 def new_s3_url(rclone_s3):
     """URL of a fresh empty prefix in the ``backups`` bucket."""
     return rclone_s3.url(prefix=rclone_s3.new_prefix())
+
+
+class CuttingProxy:
+    """A TCP relay to ``port`` on loopback that drops the connection in the middle of one answer.
+
+    GET requests whose first line contains ``cut_marker`` get the answer's headers and ``keep`` bytes
+    of its body, then the connection closes: a server or network failing mid-answer, in front of a real
+    server. Everything else is relayed untouched. ``port`` is where clients connect.
+    """
+
+    def __init__(self, target_port, cut_marker, keep=100):
+        self.target = target_port
+        self.marker = cut_marker.encode()
+        self.keep = keep
+        self.cuts = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._threads = []
+        self._closing = False
+
+    def __enter__(self):
+        self._spawn(self._accept)
+        return self
+
+    def __exit__(self, *exc):
+        self._closing = True
+        self._listener.close()
+        return False
+
+    def _spawn(self, target, *args):
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _accept(self):
+        while not self._closing:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            # HTTP/1.1 on one connection is request, answer, request...: once a marked request went
+            # out, whatever the server sends next on that connection is its answer.
+            armed = threading.Event()
+            self._spawn(self._requests, client, server, armed)
+            self._spawn(self._answers, server, client, armed)
+
+    def _requests(self, client, server, armed):
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                line = data.split(b"\r\n", 1)[0]
+                if line.startswith(b"GET ") and self.marker in line:
+                    armed.set()
+                server.sendall(data)
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_WR)
+
+    def _answers(self, server, client, armed):
+        pending = b""
+        with contextlib.suppress(OSError):
+            while data := server.recv(65536):
+                if not armed.is_set():
+                    client.sendall(data)
+                    continue
+                pending += data
+                end = pending.find(b"\r\n\r\n")
+                if end >= 0 and len(pending) >= end + 4 + self.keep:
+                    client.sendall(pending[: end + 4 + self.keep])
+                    self.cuts += 1
+                    break
+        for sock in (client, server):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # close() alone would wait for the other thread's recv
+                sock.close()
 
 
 # -- NFS stand-in -------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ try:
     from boto3.s3.transfer import TransferConfig
     from botocore import UNSIGNED
     from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError, SSLError
+    from botocore.exceptions import BotoCoreError, ClientError, ResponseStreamingError, SSLError
     from urllib3.exceptions import HTTPError as Urllib3Error  # botocore's HTTP layer
 except ImportError:  # reported when an S3 remote is opened, not when the collection is imported
     boto3 = None
@@ -228,10 +228,8 @@ class S3Storage(Storage):
                 "or add allowUnauthorized=true to the remote URL to skip verification.",
                 rel,
             )
-        if isinstance(err, BotoCoreError):  # connection refused, timeouts, DNS, closed connections
-            return error_from_os(OSError(errno.EHOSTUNREACH, str(err)), action, rel, self.display)
-        if isinstance(err, OSError):
-            return error_from_os(err, action, rel, self.display)
+        if isinstance(err, ResponseStreamingError):  # botocore's wrapper of the error below, for object bodies
+            err = err.kwargs.get("error") or err
         if isinstance(err, (Urllib3Error, http.client.HTTPException)):
             # The answer broke off after its headers: botocore does not retry a body it is reading.
             detail = err.args[0] if err.args else type(err).__name__
@@ -240,6 +238,10 @@ class S3Storage(Storage):
                 "server's log if it persists.",
                 rel,
             )
+        if isinstance(err, BotoCoreError):  # connection refused, timeouts, DNS, closed connections
+            return error_from_os(OSError(errno.EHOSTUNREACH, str(err)), action, rel, self.display)
+        if isinstance(err, OSError):
+            return error_from_os(err, action, rel, self.display)
         raise err  # a programming error, not a remote failure
 
     def _call(self, action: str, rel: Optional[str], method: str, **params):
