@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -383,7 +384,15 @@ class CuttingProxy:
                     continue
                 pending += data
                 end = pending.find(b"\r\n\r\n")
-                if end >= 0 and len(pending) >= end + 4 + self.keep:
+                if end < 0:
+                    continue
+                length = re.search(rb"(?im)^content-length:\s*(\d+)", pending[:end])
+                if length and int(length.group(1)) <= self.keep:  # nothing to cut: passed whole
+                    client.sendall(pending)
+                    pending = b""
+                    armed.clear()
+                    continue
+                if len(pending) >= end + 4 + self.keep:
                     client.sendall(pending[: end + 4 + self.keep])
                     self.cuts += 1
                     break

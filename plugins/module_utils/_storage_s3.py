@@ -74,7 +74,7 @@ try:
     from botocore import UNSIGNED
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError, ResponseStreamingError, SSLError
-    from urllib3.exceptions import HTTPError as Urllib3Error  # botocore's HTTP layer
+    from urllib3.exceptions import ProtocolError  # botocore's HTTP layer: a connection broken mid-answer
 except ImportError:  # reported when an S3 remote is opened, not when the collection is imported
     boto3 = None
 
@@ -230,9 +230,10 @@ class S3Storage(Storage):
             )
         if isinstance(err, ResponseStreamingError):  # botocore's wrapper of the error below, for object bodies
             err = err.kwargs.get("error") or err
-        if isinstance(err, (Urllib3Error, http.client.HTTPException)):
+        if isinstance(err, (ProtocolError, http.client.IncompleteRead)):
             # The answer broke off after its headers: botocore does not retry a body it is reading.
-            detail = err.args[0] if err.args else type(err).__name__
+            # (str(): IncompleteRead's first argument is the partial body itself.)
+            detail = err.args[0] if isinstance(err, ProtocolError) and err.args else str(err)
             return StorageError(
                 f"{what}: the S3 server {self.url.host} broke off its answer ({detail}); run again, and check the "
                 "server's log if it persists.",
@@ -252,8 +253,11 @@ class S3Storage(Storage):
 
     def _head(self, rel: str, action: str) -> Optional[dict]:
         """The object's HEAD, or None when there is none (a directory, or nothing)."""
+        return self._head_key(self._key(rel), action, rel)
+
+    def _head_key(self, key: str, action: str, rel: str) -> Optional[dict]:
         try:
-            return self._client.head_object(Bucket=self.bucket, Key=self._key(rel))
+            return self._client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as err:
             if str(err.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -290,8 +294,10 @@ class S3Storage(Storage):
     def _copy(self, src_key: str, dst_key: str, action: str, rel: str) -> bool:
         """Copy one object server side; False if there is no object ``src_key``.
 
-        One CopyObject, no HEAD first: a merge moves VHD-directory blocks by the thousand. S3 refuses
-        CopyObject above 5 GiB (InvalidRequest); boto3's managed copy then copies in parts."""
+        One CopyObject, no HEAD first: a merge moves VHD-directory blocks by the thousand. Servers word
+        a refused copy differently (AWS: InvalidRequest above 5 GiB; SeaweedFS: InvalidArgument for a
+        missing source), so any other refusal is settled by a HEAD: no object, or boto3's managed copy,
+        which copies large objects in parts."""
         source = {"Bucket": self.bucket, "Key": src_key}
         try:
             self._client.copy_object(Bucket=self.bucket, Key=dst_key, CopySource=source)
@@ -300,10 +306,12 @@ class S3Storage(Storage):
             code = str(err.response.get("Error", {}).get("Code"))
             if code in _MISSING:
                 return False
-            if code != "InvalidRequest":
+            if code in _AUTH or code in _DENIED or code == "NoSuchBucket":
                 raise self._fail(err, action, rel) from None
         except Exception as err:  # noqa: BLE001
             raise self._fail(err, action, rel) from None
+        if self._head_key(src_key, action, rel) is None:
+            return False
         config = TransferConfig(multipart_threshold=MAX_PART, multipart_chunksize=512 * MiB, use_threads=False)
         try:
             self._client.copy(source, self.bucket, dst_key, Config=config)
@@ -365,6 +373,10 @@ class S3Storage(Storage):
     def rename(self, src: str, dst: str) -> None:
         rsrc, rdst = normalize_path(src), normalize_path(dst)
         action = f"rename {rsrc} to"
+        if rsrc == rdst:  # a copy onto itself then a delete would lose it
+            if not self.exists(rsrc):
+                raise NotFoundError(f"cannot rename {rsrc} to itself on {self.display}: it does not exist.", rsrc)
+            return
         if self._copy(self._key(rsrc), self._key(rdst), action, rdst):  # a file: two requests
             self._call(action, rdst, "delete_object", Bucket=self.bucket, Key=self._key(rsrc))
             return
