@@ -25,7 +25,6 @@ from ansible_collections.xapi.proxy.plugins.module_utils._vhd_errors import (
     VhdFormatError,
     VhdUnsupportedError,
 )
-from ansible_collections.xapi.proxy.plugins.module_utils._vhd_file import VhdIdentity
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_format import (
     DISK_TYPE_DIFFERENCING,
     DISK_TYPE_DYNAMIC,
@@ -33,6 +32,7 @@ from ansible_collections.xapi.proxy.plugins.module_utils._vhd_format import (
     HEADER_SIZE,
     Footer,
     Header,
+    VhdIdentity,
     bitmap_bytes,
     check_block_size,
 )

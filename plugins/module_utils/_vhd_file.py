@@ -24,9 +24,9 @@ from ansible_collections.xapi.proxy.plugins.module_utils._vhd_format import (
     SECTOR_SIZE,
     Footer,
     Header,
+    VhdIdentity,
     bat_bytes,
     bitmap_bytes,
-    block_count,
     check_block_size,
     parse_bat,
     round_up,
@@ -59,35 +59,6 @@ def read_at(fileobj, offset, size, source, what, position=None):
     if len(data) != size:
         raise VhdTruncatedError(f"file ends inside the {what}: got {len(data)} of {size} bytes", source, offset)
     return data
-
-
-class VhdIdentity:
-    """What a chain asks of a member beyond its blocks, read from its ``footer``, ``header`` and ``block_size``."""
-
-    @property
-    def virtual_size(self):
-        return self.footer.current_size
-
-    @property
-    def uuid(self):
-        return self.footer.uuid
-
-    @property
-    def is_differencing(self):
-        return self.footer.disk_type == DISK_TYPE_DIFFERENCING
-
-    @property
-    def parent_uuid(self):
-        return self.header.parent_uuid
-
-    @property
-    def parent_name(self):
-        return self.header.parent_name
-
-    @property
-    def blocks_needed(self):
-        """BAT entries that cover the virtual size."""
-        return block_count(self.virtual_size, self.block_size)
 
 
 class VhdFile(VhdIdentity):

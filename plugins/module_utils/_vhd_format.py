@@ -348,3 +348,32 @@ def empty_bat(entries):
 def check_block_size(block_size, source=None, offset=None):
     if block_size < SECTOR_SIZE or block_size & (block_size - 1):
         raise VhdFormatError(f"block size {block_size} is not a power of two of at least 512", source, offset)
+
+
+class VhdIdentity:
+    """What a chain asks of a member beyond its blocks, read from its ``footer``, ``header`` and ``block_size``."""
+
+    @property
+    def virtual_size(self):
+        return self.footer.current_size
+
+    @property
+    def uuid(self):
+        return self.footer.uuid
+
+    @property
+    def is_differencing(self):
+        return self.footer.disk_type == DISK_TYPE_DIFFERENCING
+
+    @property
+    def parent_uuid(self):
+        return self.header.parent_uuid
+
+    @property
+    def parent_name(self):
+        return self.header.parent_name
+
+    @property
+    def blocks_needed(self):
+        """BAT entries that cover the virtual size."""
+        return block_count(self.virtual_size, self.block_size)

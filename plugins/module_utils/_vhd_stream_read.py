@@ -30,6 +30,7 @@ from ansible_collections.xapi.proxy.plugins.module_utils._vhd_format import (
     SECTOR_SIZE,
     Footer,
     Header,
+    VhdIdentity,
     bitmap_bytes,
     check_block_size,
     parse_bat,
@@ -56,7 +57,7 @@ def read_exact(fileobj, size):
     return b"".join(pieces)
 
 
-class VhdStreamReader:
+class VhdStreamReader(VhdIdentity):
     """Parse a VHD from a non-seekable file-like object (anything with ``read(n)``).
 
     The constructor reads the footer copy, the dynamic header and the BAT; ``blocks()`` then
@@ -107,22 +108,10 @@ class VhdStreamReader:
             end = sector * SECTOR_SIZE + span
         self.block_order = [index for _, index in self._order]
 
-    # -- properties the engine needs -------------------------------------------------------------
-    @property
-    def virtual_size(self):
-        return self.footer.current_size
-
+    # -- properties the engine needs (the rest come from VhdIdentity) -----------------------------
     @property
     def disk_type(self):
         return self.footer.disk_type
-
-    @property
-    def is_differencing(self):
-        return self.footer.disk_type == DISK_TYPE_DIFFERENCING
-
-    @property
-    def uuid(self):
-        return self.footer.uuid
 
     # -- reading ----------------------------------------------------------------------------------
     def _read(self, size, what):
