@@ -27,16 +27,19 @@ def main(argv=None):
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     state = Path(args.state)
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    sim = Simulator(state)
-    if sim.db.load():
-        sim.after_load()
-    else:
-        try:
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        sim = Simulator(state)
+        if sim.db.load():
+            sim.after_load()
+        else:
             lab_mod.build(sim, lab_mod.load(args.lab), args.host)
-        except (lab_mod.LabError, ValueError, KeyError, OSError) as e:
-            print(f"xapisim: bad lab file {args.lab}: {e}", file=sys.stderr)
-            return 2
+    except (lab_mod.LabError, ValueError, KeyError) as e:
+        print(f"xapisim: bad lab file {args.lab}: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an unreadable lab file, or a state folder that cannot be written (a full disk)
+        print(f"xapisim: cannot build the lab from {args.lab} in {state}: {e}", file=sys.stderr)
+        return 2
     addresses = [rec["address"] for _, rec in sim.db.all("host")]
     context = None
     if args.tls:

@@ -85,10 +85,16 @@ class SimHandle:
             if time.monotonic() > deadline:
                 break
         else:
-            raise RuntimeError(f"simulator exited early (rc={self.proc.wait()}); see {self.log_path}")
+            raise RuntimeError(f"simulator exited early (rc={self.proc.wait()}): {self.log_tail()}")
         if self.proc.poll() is not None:
-            raise RuntimeError(f"simulator did not start; see {self.log_path}")
+            raise RuntimeError(f"simulator did not start: {self.log_tail()}")
         return self
+
+    def log_tail(self, lines=5):
+        """The end of the simulator's log, so a failed start says why in the test report itself."""
+        self._log.flush()
+        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return " | ".join(tail) or f"nothing in {self.log_path}"
 
     def stop(self, sig=signal.SIGTERM):
         if self.proc and self.proc.poll() is None:
