@@ -140,7 +140,9 @@ class Transfers:
             ],
         )
         done = [0]
-        sink = Sink(h.wfile, xva.Compressor(comp), fault, self._progress(task, lambda: done[0], total))
+        # No compressor at all when uncompressed: Sink then sends each 1 MiB chunk as it is, uncopied.
+        compressor = xva.Compressor(comp) if comp else None
+        sink = Sink(h.wfile, compressor, fault, self._progress(task, lambda: done[0], total))
         try:
             sink.write(xva.tar_entry("ova.xml", xva.ova_xml(header), mode=0o644, mtime=int(time.time())))
             for ref_id, vdi, size in disks:
