@@ -43,6 +43,7 @@ from ansible_collections.xapi.proxy.plugins.module_utils._xapi_http import Expor
 from ansible_collections.xapi.proxy.plugins.module_utils._xapi_options import ConnectionOptions
 from ansible_collections.xapi.proxy.plugins.module_utils._xapi_url import parse_xapi_url
 from ansible_collections.xapi.proxy.plugins.module_utils._xo_cache import update_cache
+from ansible_collections.xapi.proxy.plugins.module_utils._xo_checksum import ChecksumWriter
 from ansible_collections.xapi.proxy.plugins.module_utils._xo_layout import (
     format_backup_datetime,
     format_filename_date,
@@ -55,7 +56,6 @@ from ansible_collections.xapi.proxy.plugins.module_utils._xo_layout import (
     xva_path,
 )
 from ansible_collections.xapi.proxy.plugins.module_utils._xo_metadata import (
-    ChecksumWriter,
     build_delta_metadata,
     build_full_metadata,
     dump_metadata,

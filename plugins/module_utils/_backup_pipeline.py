@@ -1,8 +1,9 @@
 """Overlap reading from XAPI with hashing and writing to the remotes.
 
-TLS decryption of the XAPI stream and MD5/file writes each take a core's worth of work at several
-hundred MB/s; done one after the other they halve the throughput. A single writer thread with a
-short queue lets them run side by side while memory stays bounded (``depth`` pieces in flight).
+TLS decryption of the XAPI stream, the checksum's hash and file writes each take a core's worth of
+work at several hundred MB/s; done one after the other they halve the throughput. A single writer
+thread with a short queue lets them run side by side while memory stays bounded (``depth`` pieces in
+flight).
 
 :class:`BufferPool` lets the reader fill the same few buffers again and again (``readinto``) and hand
 each to several consumers at once: no ``bytes`` object is made or copied per piece, and memory is

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ._retention import RetentionError, long_term_retention_tags
+from ._xo_checksum import CHOICES as CHECKSUMS
+from ._xo_checksum import choose_algorithm
 from ._xo_layout import job_id_from_name, schedule_id_from_name
 
 MODES = ("full", "incremental")
@@ -33,6 +35,7 @@ def argument_spec():
         },
         "full_interval": {"type": "int", "default": 0},
         "compression": {"type": "str", "choices": list(COMPRESSIONS), "default": "zstd"},
+        "checksum": {"type": "str", "choices": list(CHECKSUMS), "default": "auto"},
         "concurrency": {"type": "int", "default": 2},
         "vm_timeout": {"type": "int", "default": 0},
         "snapshot_retention": {"type": "int", "default": 0},
@@ -70,6 +73,7 @@ class JobSpec:
         self.snapshot_retention = _at_least(params, "snapshot_retention", 0, "snapshots kept on the pool")
         self.max_merged = _at_least(params, "max_merged_per_run", 0, "0 means no limit")
         self.compression = COMPRESSIONS[params.get("compression") or "zstd"]
+        self.checksum = choose_algorithm(params.get("checksum") or "auto")
         self.long_term_retention, self.timezone = _ltr(params.get("long_term_retention"))
         self.health_check = params.get("health_check")
         if self.health_check is not None:

@@ -127,7 +127,7 @@ class Target:
 
 
 class XvaSink:
-    """``<ts>.xva`` being written to one target; the MD5 for ``<ts>.xva.checksum`` is computed once
+    """``<ts>.xva`` being written to one target; the hash for ``<ts>.xva.checksum`` is computed once
     for all targets by the caller (they all store the same bytes)."""
 
     def __init__(self, target, when):

@@ -6,7 +6,7 @@ What :meth:`BackupVerifier.verify` checks (xo-backups.md §1-§2):
   a restore needs, naming the VM whose directory holds it;
 * a full backup: the XVA exists and has the size the metadata records; its compression stream, tar
   structure, ``ova.xml`` and every chunk's ``.xxhash``/``.checksum`` entry are sound
-  (``_xva_read.verify_xva``); the MD5 of its stored bytes equals its ``.xva.checksum``;
+  (``_xva_read.verify_xva``); the hash of its stored bytes equals its ``.xva.checksum``;
 * an incremental backup: each VHD the metadata names exists and has the VDI's virtual size, and it and
   every parent down to the full VHD pass ``_vhd_verify.check_vhd`` (footers, header, BAT); each parent
   exists and carries the uuid its child was made against. VHD directories (``<ts>.alias.vhd``) get the
@@ -40,9 +40,10 @@ from ._vhd_format import (
     uuid_str,
 )
 from ._vhd_verify import MAX_LISTED, check_vhd
+from ._xo_checksum import XvaChecksum, parse_checksum
 from ._xo_layout import CHECKSUM_SUFFIX, resolve_alias
 from ._xo_listing import BackupInfo, backup_info
-from ._xo_metadata import MetadataError, XvaChecksum, parse_checksum, parse_metadata
+from ._xo_metadata import MetadataError, parse_metadata
 from ._xva_read import verify_xva
 
 READ_SIZE = 1 << 20  # bytes per read when a caller asks for "everything"
@@ -97,12 +98,12 @@ class Chain:
     problems: List[Dict[str, str]]
 
 
-class _Md5Reader:
+class _HashingReader:
     """Pass reads through to ``stream`` while hashing them, so one pass both parses and checksums."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, algorithm=None):
         self.stream = stream
-        self.checksum = XvaChecksum()
+        self.checksum = XvaChecksum(algorithm) if algorithm else None
 
     def readable(self):
         return True
@@ -111,7 +112,7 @@ class _Md5Reader:
         if size is None or size < 0:
             size = READ_SIZE  # never the whole file at once
         data = self.stream.read(size)
-        if data:
+        if data and self.checksum is not None:
             self.checksum.update(data)
         return data
 
@@ -455,24 +456,24 @@ class BackupVerifier:
                         xva, f"is {stream.size} bytes but the metadata records {backup.size}: truncated or replaced"
                     )
                 )
-            reader = _Md5Reader(stream)
+            reader = _HashingReader(stream, expected.algorithm if expected else None)
             try:
                 content += [problem(xva, _without_prefix(xva, t)) for t in verify_xva(reader, xva)]
                 reader.drain()
             except StorageError as e:
                 return [*out, *content, problem(xva, f"cannot be read to the end: {e}")]
         out += content
-        actual = reader.checksum.hexdigest
+        actual = reader.checksum.result if expected is not None else None
         if expected is not None and actual != expected:
-            # A sound archive with another MD5 points at the checksum file; a damaged one at the XVA.
-            size = reader.checksum.size
+            # A sound archive with another hash points at the checksum file; a damaged one at the XVA.
+            size, name = reader.checksum.size, checksum_path.rsplit("/", 1)[-1]
             if content:
-                out.append(problem(xva, f"its {size} stored bytes hash to MD5 {actual}, not the {expected} that "
-                                        f"{checksum_path.rsplit('/', 1)[-1]} records"))  # fmt: skip
+                out.append(problem(xva, f"its {size} stored bytes hash to {actual.label}, not the "
+                                        f"{expected.hexdigest} that {name} records"))  # fmt: skip
             else:
-                out.append(problem(checksum_path, f"records MD5 {expected}, but the XVA, whose content checks out, "
-                                                  f"hashes to {actual} over its {size} bytes: this file was altered "
-                                                  "or belongs to another XVA"))  # fmt: skip
+                out.append(problem(checksum_path, f"records {expected.label}, but the XVA, whose content checks "
+                                                  f"out, hashes to {actual.hexdigest} over its {size} bytes: this "
+                                                  "file was altered or belongs to another XVA"))  # fmt: skip
         return out
 
 

@@ -18,8 +18,9 @@ from ._vhd_stream_read import VhdStreamReader
 from ._vm_selection import NO_BACKUP_DISK_PREFIX
 from ._xapi_errors import XapiError
 from ._xapi_http import ExportStream
+from ._xo_checksum import XvaChecksum
 from ._xo_layout import metadata_path
-from ._xo_metadata import XvaChecksum, build_delta_metadata, build_full_metadata, vdi_record, vif_record
+from ._xo_metadata import build_delta_metadata, build_full_metadata, vdi_record, vif_record
 
 NULL_REF = "OpaqueRef:NULL"
 USE_COMPRESSION = {None: "false", "gzip": "true", "zstd": "zstd"}
@@ -248,7 +249,7 @@ class VmBackup:
                     except StorageError as e:
                         t.fail("opening the XVA file", e)
             self._require_targets()
-            checksum = XvaChecksum()
+            checksum = XvaChecksum(self.spec.checksum)
             from ._backup_pipeline import PIECE_SIZE, PIECES, BufferPool  # noqa: PLC0415 - local to this method
 
             # A few reused buffers: XAPI's bytes land in them (readinto, no copy) and each piece goes to
@@ -256,7 +257,7 @@ class VmBackup:
             pool = BufferPool(PIECES, PIECE_SIZE)
             try:
                 # Hashing and writing each get a thread: with reading, three streams of work at once.
-                with WriterThread(PIECES, "xapi-proxy-md5") as hasher, WriterThread(PIECES) as writer:
+                with WriterThread(PIECES, "xapi-proxy-hash") as hasher, WriterThread(PIECES) as writer:
                     while True:
                         piece = pool.acquire(users=2)
                         n = stream.readinto(piece.view)

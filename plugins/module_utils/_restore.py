@@ -1,7 +1,7 @@
 """Restore a VM backup (ours or Xen Orchestra's) into a pool, as Xen Orchestra's restore does (xo-backups.md §4).
 
 * Full backups: the stored XVA goes to ``PUT /import?sr_id=…`` byte for byte (compressed or not) with a
-  Content-Length, straight from the remote; its MD5 is checked on the way against ``.xva.checksum`` and
+  Content-Length, straight from the remote; its hash is checked on the way against ``.xva.checksum`` and
   the upload is aborted before its last piece when it does not match, so XAPI never completes a damaged
   import.
 * Incremental backups: the VM is created from the metadata with ``start`` blocked, the VDIs and VBDs
@@ -31,8 +31,8 @@ from ._vhd_errors import VhdError
 from ._xapi_errors import XapiError
 from ._xapi_http import READ_SIZE, put_stream
 from ._xapi_tasks import run_async
+from ._xo_checksum import XvaChecksum, parse_checksum
 from ._xo_layout import CHECKSUM_SUFFIX, format_filename_date
-from ._xo_metadata import XvaChecksum, parse_checksum
 
 RESTORED_TAG = "restored from backup"
 # Which backup a VM was restored from (the backup id); how a second restore of it is recognised.
@@ -108,7 +108,7 @@ def _without_backup_keys(config):
 class VerifiedReader:
     """The stored XVA in pieces for the upload, hashed on the way and checked before its last piece.
 
-    With ``expected`` (an MD5 hex digest) and ``force`` false, a mismatch raises
+    With ``expected`` (a :class:`Checksum`) and ``force`` false, a mismatch raises
     :class:`ChecksumMismatchError` instead of giving the final piece, so the upload is cut short
     and XAPI discards the import. ``mismatch`` tells afterwards whether the digest differed.
 
@@ -131,9 +131,9 @@ class VerifiedReader:
         self.piece = piece
         self.done = 0  # bytes handed to the caller
         self.mismatch = False
-        self._md5 = XvaChecksum()
+        self._hash = XvaChecksum(expected.algorithm) if expected is not None else None
         self._pool = BufferPool(depth, piece)
-        self._hasher = WriterThread(depth, "xapi-proxy-md5") if expected is not None else None
+        self._hasher = WriterThread(depth, "xapi-proxy-hash") if expected is not None else None
         self._queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = None
@@ -182,7 +182,7 @@ class VerifiedReader:
                     )
                 data = piece.view[:n]
                 if self._hasher is not None:
-                    self._hasher.submit(lambda d=data: self._md5.update(d), piece.release)
+                    self._hasher.submit(lambda d=data: self._hash.update(d), piece.release)
                 read += n
                 if not self._put((piece, data)):
                     return
@@ -195,12 +195,13 @@ class VerifiedReader:
         if self._hasher is None:
             return
         self._hasher.close()
-        if self._md5.hexdigest != self.expected:
+        actual = self._hash.result
+        if actual != self.expected:
             self.mismatch = True
             if not self.force:
                 raise ChecksumMismatchError(
-                    f"{self.name} does not match its checksum file (MD5 {self._md5.hexdigest}, expected "
-                    f"{self.expected}): the backup is damaged. The upload was stopped before its end, so "
+                    f"{self.name} does not match its checksum file ({actual.label}, expected "
+                    f"{self.expected.hexdigest}): the backup is damaged. The upload was stopped before its end, so "
                     "XAPI discarded it. Set force=true to restore it anyway."
                 )
 

@@ -1,4 +1,4 @@
-"""Backup metadata JSON exactly as Xen Orchestra writes it (xo-backups.md §1), and ``.xva.checksum``.
+"""Backup metadata JSON exactly as Xen Orchestra writes it (xo-backups.md §1).
 
 Builders return plain dicts whose key order matches XO's writers, so ``json.dumps`` output lines up
 with XO's ``JSON.stringify``. :func:`validate_metadata` checks what a remote gives us, including
@@ -8,7 +8,6 @@ backups written by XO, before anything trusts its paths.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import posixpath
 from typing import Any, Dict, Iterable, Mapping, Optional
@@ -16,7 +15,6 @@ from typing import Any, Dict, Iterable, Mapping, Optional
 from ansible_collections.xapi.proxy.plugins.module_utils._xo_layout import format_filename_date, to_ms
 
 METADATA_VERSION = "2.0.0"
-CHECKSUM_PREFIX = "$1$$"  # "$<algorithm id>$$": 1 is md5 (fs/src/checksum.js)
 MODES = ("full", "delta")
 
 
@@ -248,79 +246,3 @@ def xva_remote_path(backup_id: str, md: Mapping[str, Any]) -> Optional[str]:
 def vhd_remote_paths(backup_id: str, md: Mapping[str, Any]) -> Dict[str, str]:
     """``{vdiRef: remote path}`` of a delta backup's VHDs (empty for a full backup)."""
     return {ref: resolve_path(backup_id, p) for ref, p in (md.get("vhds") or {}).items()}
-
-
-# -- .xva.checksum ----------------------------------------------------------------------------
-def _md5():
-    try:
-        return hashlib.md5(usedforsecurity=False)  # an integrity check, allowed on FIPS hosts
-    except TypeError:  # pragma: no cover - interpreters without the keyword
-        return hashlib.md5()  # noqa: S324
-
-
-class XvaChecksum:
-    """Streaming MD5 of the stored bytes; :attr:`text` is the ``.checksum`` file content."""
-
-    def __init__(self):
-        self._h = _md5()
-        self.size = 0
-
-    def update(self, data) -> None:
-        self._h.update(data)
-        self.size += len(data)
-
-    @property
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
-
-    @property
-    def text(self) -> str:
-        return format_checksum(self.hexdigest)
-
-
-class ChecksumWriter:
-    """Wraps a write stream: everything written is hashed on the way (see :class:`XvaChecksum`)."""
-
-    def __init__(self, out):
-        self.out = out
-        self.checksum = XvaChecksum()
-
-    def write(self, data) -> int:
-        self.checksum.update(data)
-        return self.out.write(data)
-
-    def flush(self):
-        flush = getattr(self.out, "flush", None)
-        if flush:
-            flush()
-
-    def writable(self):
-        return True
-
-    def tell(self):
-        return self.checksum.size
-
-
-def format_checksum(md5_hex: str) -> str:
-    return f"{CHECKSUM_PREFIX}{md5_hex}"
-
-
-def parse_checksum(text) -> str:
-    """MD5 hex digest from a ``.checksum`` file's content."""
-    if isinstance(text, (bytes, bytearray)):
-        text = text.decode("ascii", "replace")
-    value = text.strip()
-    digest = value[len(CHECKSUM_PREFIX) :]
-    if not value.startswith(CHECKSUM_PREFIX) or len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest):
-        raise ValueError(f"{value[:60]!r} is not an XO checksum: expected $1$$ followed by 32 lowercase hex digits")
-    return digest
-
-
-def checksum_of_stream(reader, chunk_size: int = 1024 * 1024) -> str:
-    """Checksum text of everything ``reader`` yields from its current position."""
-    digest = XvaChecksum()
-    while True:
-        chunk = reader.read(chunk_size)
-        if not chunk:
-            return digest.text
-        digest.update(chunk)

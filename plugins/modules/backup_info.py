@@ -18,7 +18,7 @@ description:
     backup's own down to the full VHD it builds on.
   - With O(verify=true), every file of each listed backup is read once, as a stream, and checked. The metadata
     is read again from its file. A full backup's XVA must have the recorded size, a sound archive structure
-    and correct chunk checksums, and the MD5 of its stored bytes must match its C(.xva.checksum) file. Each VHD
+    and correct chunk checksums, and the hash of its stored bytes must match its C(.xva.checksum) file. Each VHD
     of an incremental backup, and each parent down to the full VHD, must exist and have valid footers, header
     and block table, and every parent must be the disk its child was made against. Each problem found is
     reported with the file it concerns, in RV(backups[].problems); the task itself does not fail.

@@ -26,19 +26,20 @@ skipped with the reason when a server cannot start). Their baseline uploads the 
 row wrote (the same bytes) with the same client library the remote uses: smbprotocol's ``smbclient``
 in 4 MiB writes then an SMB2 FLUSH, and boto3 as one multipart upload with the backup's 5 MiB parts,
 one part at a time, as the remote sends them. So the ratio is what the engine adds on top of the
-storage protocol (reading XAPI, MD5, the pipeline); for scale, boto3's default concurrent upload of
+storage protocol (reading XAPI, the hash, the pipeline); for scale, boto3's default concurrent upload of
 the same file is printed too. The storage servers' CPU is not counted in either column; rclone's is
 printed under the S3 row (Samba forks a process per connection, which is not measured).
 
-What limits the file:// row on a 2-core host (measured 2026-11, 4.3 GB XVA, 3-5 rounds): the module
-needs 9.5-9.7 CPU seconds (MD5 for ``.xva.checksum`` about 5.1 of them, at OpenSSL's 860 MB/s; TLS
-and socket reads about 2; O_DIRECT writes about 0.2) and the simulator 2.8-3.3 while it serves it,
-so the two cores cannot finish it in less than about 6.3 s; curl needs 3.4-5.7 CPU seconds and takes
-5.3-7.1 s (its page-cache writes cost 1 to 5 s of kernel time depending on the host's memory). The
-ratio therefore ranged from 0.66 to 1.06 between runs of this script: above 0.84 only when curl had a
-slow run. Under the row, two floors measured in the same run: the MD5 of as many bytes alone on one
-core (no pipeline that writes Xen Orchestra's checksum ends sooner) and the CPU seconds of the module
-and the simulator divided by the cores (this pipeline on this host).
+What limits the file:// row on a 2-core host (measured 2026-11-27, 4.3 GB XVA, 3 rounds): the
+module's default ``checksum: auto`` hashes with SHA-256 where the CPU has SHA instructions (this one
+does), 3.6 s of one core for the ``.xva.checksum``; with MD5 it was 5.4 s and the module's CPU 9.3-9.8
+s, now 6.5-7.0 s. The module reads XAPI's TLS stream in one thread, hashes in a second and writes in a
+third, while the simulator (3.1-3.7 CPU s, XAPI's work, on the proxy's cores only in this benchmark)
+serves it; curl needs 3.5 CPU seconds and took 5.1 s. The module's 689-715 MB/s against curl's
+834-846 gave 0.83-0.84: the two cores could not finish the module's and the simulator's CPU seconds
+in less than 5.1 s, what curl took. Under the row, two floors measured in the same run: the hash alone
+on one core (no pipeline that writes Xen Orchestra's checksum ends sooner) and the CPU seconds of the
+module and the simulator divided by the cores (this pipeline on this host).
 
 Full runs of the other rows gave zstd 1.02-1.10, smb 1.03 and s3 0.53-0.59. The S3 row is bound by
 the two cores on both sides: ``rclone serve s3`` itself spends 22 CPU seconds on the
@@ -47,9 +48,9 @@ baseline's 4.3 GB and 28 on the backup's, boto3 6.4 in both; the backup adds rea
 the ratio of CPU seconds, (22 + 6.4) / (28 + 16.5 + 4.0) = 0.59, what was measured.
 
 ``--pin`` pins the simulator to CPU 0 and the module and baselines (curl, zstd, the uploaders) to
-CPU 1: each side then has exactly one core, in the baseline and in the measured run alike (the MD5
-that Xen Orchestra's ``.xva.checksum`` needs is a core's work at about 850 MB/s on its own, so on
-one core the full backup cannot keep up with curl; unpinned, the module uses the second core).
+CPU 1: each side then has exactly one core, in the baseline and in the measured run alike (the hash
+that Xen Orchestra's ``.xva.checksum`` needs is a core's work at 0.8-1.8 GB/s on its own, so on one
+core the full backup cannot keep up with curl; unpinned, the module uses the second core).
 """
 
 import argparse
@@ -69,7 +70,10 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / ".collections")]
 
 from module_runner import module_env  # noqa: E402
 
+from ansible_collections.xapi.proxy.plugins.module_utils._xo_checksum import choose_algorithm  # noqa: E402
 from xapisim.pytest_plugin import SimHandle  # noqa: E402
+
+CHECKSUM = choose_algorithm("auto")  # what the module's default writes on this host
 
 GiB, MiB = 1 << 30, 1 << 20
 ROWS = ("file", "zstd", "smb", "s3", "rss", "incremental", "merge", "simulator")
@@ -208,11 +212,11 @@ def rounds(n, sim, kinds):
     return best
 
 
-def md5_seconds(size):
-    """Seconds hashlib's MD5 takes for ``size`` bytes on one idle core (256 MiB hashed, scaled): the
-    ``.xva.checksum`` Xen Orchestra's layout needs is one serial MD5, so no pipeline ends sooner."""
+def hash_seconds(size, algorithm):
+    """Seconds hashlib takes to hash ``size`` bytes on one idle core (256 MiB hashed, scaled): the
+    ``.xva.checksum`` Xen Orchestra's layout needs is one serial hash, so no pipeline ends sooner."""
     data = memoryview(os.urandom(16 * MiB))
-    digest = hashlib.md5(usedforsecurity=False)
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     start = time.monotonic()
     for _ in range(16):
         digest.update(data)
@@ -284,10 +288,12 @@ def main():
                 row("full backup (XVA) to file://", f"{rate:.0f} MB/s", f"curl {base_rate:.0f} MB/s", f"{ratio:.2f}",
                     ">= 0.95", ratio >= 0.95)  # fmt: skip
                 cpu_line("module vs curl", ours, base, "module / curl")
-                md5, cores = md5_seconds(ours.result), (ours.cpu + ours.sim_cpu) / (os.cpu_count() or 1)
-                print(f"  {'floors: MD5 alone on one core; all CPU / cores':42s} {md5:>13.1f}s {cores:>15.1f}s   "
-                      f"(ratio {base.wall / md5:.2f} at best for any pipeline with the MD5; "
-                      f"{base.wall / max(md5, cores):.2f} for this one)", flush=True)  # fmt: skip
+                hashing = hash_seconds(ours.result, CHECKSUM)
+                cores = (ours.cpu + ours.sim_cpu) / (os.cpu_count() or 1)
+                label = f"floors: {CHECKSUM} alone on one core; all CPU / cores"
+                print(f"  {label:42s} {hashing:>13.1f}s {cores:>15.1f}s   "
+                      f"(ratio {base.wall / hashing:.2f} at best for any pipeline with the {CHECKSUM}; "
+                      f"{base.wall / max(hashing, cores):.2f} for this one)", flush=True)  # fmt: skip
         if "zstd" in selected:
             # 2. zstd: XAPI compresses for us; the baseline compresses on the proxy with every core.
             def zstd_curl():

@@ -24,6 +24,7 @@ from ansible_collections.xapi.proxy.plugins.module_utils._storage_file import Fi
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_bitmap import full_bitmap
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_file import open_vhd
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_stream_write import VhdWriter
+from ansible_collections.xapi.proxy.plugins.module_utils._xo_checksum import ChecksumWriter
 from ansible_collections.xapi.proxy.plugins.module_utils._xo_layout import (
     metadata_path,
     vhd_basename,
@@ -34,7 +35,6 @@ from ansible_collections.xapi.proxy.plugins.module_utils._xo_layout import (
 )
 from ansible_collections.xapi.proxy.plugins.module_utils._xo_listing import list_backups
 from ansible_collections.xapi.proxy.plugins.module_utils._xo_metadata import (
-    ChecksumWriter,
     build_delta_metadata,
     build_full_metadata,
     dump_metadata,
@@ -101,13 +101,13 @@ class Remote:
         self.chain.append((bid, vhd, snap, when))
         return bid, vhd
 
-    def full(self, when=T0 - DAY, compression=None, disk=None):
+    def full(self, when=T0 - DAY, compression=None, disk=None, checksum="md5"):
         """A full backup: an XVA of one disk (``disk`` bytes, default a mix of data and zeros), its checksum."""
         disk = disk if disk is not None else os.urandom(3 * MIB) + bytes(2 * MIB) + b"\x07" * (MIB + 10)
         header = make_vm_header("web", [("Ref:1", len(disk), "web root")], vm_uuid=VM)
         xva = xva_path(VM, when)
         with self.storage.open_write(xva) as out:
-            writer = ChecksumWriter(out)
+            writer = ChecksumWriter(out, checksum)
             write_xva(writer, header, [("Ref:1", len(disk), io.BytesIO(disk))], compression=compression)
         checksum = writer.checksum
         self.storage.write_bytes(xva_checksum_path(VM, when), checksum.text.encode())
@@ -293,25 +293,32 @@ def test_damaged_footer_copy_is_reported_and_the_chain_still_followed(chain3):
 
 
 # -- damaged full backups -------------------------------------------------------------------------
-def test_corrupt_xva_chunk(remote):
-    bid, xva = remote.full()
+@pytest.mark.parametrize(("checksum", "name"), [("md5", "MD5"), ("sha256", "SHA-256"), ("sha512", "SHA-512")])
+def test_corrupt_xva_chunk(remote, checksum, name):
+    bid, xva = remote.full(checksum=checksum)
+    assert verify_backup(remote.storage, bid) == []
     with tarfile.open(remote.path(xva)) as tf:
         chunk = tf.getmember("Ref:1/00000000")
     flip(remote.path(xva), chunk.offset_data + 5000, mask=0x10)
     problems = verify_backup(remote.storage, bid)
     assert_only(problems, xva, "chunk 'Ref:1/00000000'", "xxhash")
-    assert any("MD5" in p["problem"] for p in problems), problems
+    assert any(f"hash to {name} " in p["problem"] for p in problems), problems
 
 
-def test_corrupt_compressed_xva(remote):
-    bid, xva = remote.full(compression="gzip")
+@pytest.mark.parametrize("checksum", ["md5", "sha256"])
+def test_corrupt_compressed_xva(remote, checksum):
+    bid, xva = remote.full(compression="gzip", checksum=checksum)
     flip(remote.path(xva), remote.path(xva).stat().st_size // 2)
-    assert_only(verify_backup(remote.storage, bid), xva, "MD5")
+    assert_only(verify_backup(remote.storage, bid), xva, "MD5" if checksum == "md5" else "SHA-256")
 
 
 @pytest.mark.parametrize(
     ("content", "words"),
-    [("$1$$" + "0" * 32, ["records MD5 " + "0" * 32]), ("not a checksum", ["not an XO checksum"])],
+    [
+        ("$1$$" + "0" * 32, ["records MD5 " + "0" * 32]),
+        ("$5$$" + "0" * 64, ["records SHA-256 " + "0" * 64]),
+        ("not a checksum", ["not an XO checksum"]),
+    ],
 )
 def test_wrong_checksum_file(remote, content, words):
     bid, xva = remote.full()

@@ -1,4 +1,4 @@
-"""The restore's XVA reader: pieces of reused buffers, MD5 checked before the last piece, clean stops."""
+"""The restore's XVA reader: pieces of reused buffers, the hash checked before the last piece, clean stops."""
 
 import hashlib
 import os
@@ -8,6 +8,7 @@ import pytest
 from ansible_collections.xapi.proxy.plugins.module_utils._restore import VerifiedReader
 from ansible_collections.xapi.proxy.plugins.module_utils._restore_errors import ChecksumMismatchError
 from ansible_collections.xapi.proxy.plugins.module_utils._storage import open_remote
+from ansible_collections.xapi.proxy.plugins.module_utils._xo_checksum import Checksum
 
 PIECE = 64 << 10
 
@@ -20,10 +21,12 @@ def stored(tmp_path):
         yield store, data
 
 
-def test_pieces_are_the_file_and_the_digest_is_checked(stored):
+@pytest.mark.parametrize("algorithm", ["md5", "sha256", "sha512"])
+def test_pieces_are_the_file_and_the_digest_is_checked(stored, algorithm):
     store, data = stored
+    expected = Checksum(algorithm, hashlib.new(algorithm, data).hexdigest())
     with store.open_read("b.xva") as stream:
-        reader = VerifiedReader(stream, len(data), hashlib.md5(data).hexdigest(), piece=PIECE, depth=3)  # noqa: S324
+        reader = VerifiedReader(stream, len(data), expected, piece=PIECE, depth=3)
         try:
             got = b"".join(bytes(p) for p in reader.pieces())
         finally:
@@ -35,13 +38,13 @@ def test_a_mismatch_stops_before_the_last_piece_unless_forced(stored):
     store, data = stored
     for force in (False, True):
         with store.open_read("b.xva") as stream:
-            reader = VerifiedReader(stream, len(data), "0" * 32, force=force, piece=PIECE, depth=3)
+            reader = VerifiedReader(stream, len(data), Checksum("sha256", "0" * 64), force=force, piece=PIECE, depth=3)
             sent = []
             try:
                 if force:
                     sent = [bytes(p) for p in reader.pieces()]
                 else:
-                    with pytest.raises(ChecksumMismatchError, match="does not match its checksum file"):
+                    with pytest.raises(ChecksumMismatchError, match=r"does not match its checksum file \(SHA-256 "):
                         for p in reader.pieces():
                             sent.append(bytes(p))
             finally:

@@ -94,9 +94,11 @@ def test_incremental_chain_restores_every_point(tiny, remote, tmp_path):
         assert remote_disk_hashes(remote, backup_id) == hashes, backup_id
 
 
-def test_full_backups_are_xvas_that_xva_img_unpacks(tiny, remote, tmp_path):
+@pytest.mark.parametrize(("checksum", "tool", "number"), [("md5", "md5sum", "1"), ("sha256", "sha256sum", "5")])
+def test_full_backups_are_xvas_that_xva_img_unpacks(tiny, remote, tmp_path, checksum, tool, number):
     rc, result = run_module(
-        "backup", args(tiny, remote, tmp_path, mode="full", compression="none", snapshot_retention=1)
+        "backup",
+        args(tiny, remote, tmp_path, mode="full", compression="none", snapshot_retention=1, checksum=checksum),
     )
     assert rc == 0, result
     (vm,) = result["vms"]
@@ -105,13 +107,26 @@ def test_full_backups_are_xvas_that_xva_img_unpacks(tiny, remote, tmp_path):
     vm_dir = remote / Path(vm["backup_id"]).parent
     xva = vm_dir / md["xva"]
     assert md["size"] == xva.stat().st_size
-    assert (vm_dir / (md["xva"][2:] + ".checksum")).read_text().startswith("$1$$")
+    # The checksum file is the stored bytes' hash as coreutils computes it, under XO's algorithm id.
+    digest = subprocess.run([tool, str(xva)], capture_output=True, text=True, check=True).stdout.split()[0]
+    assert (vm_dir / (md["xva"][2:] + ".checksum")).read_text() == f"${number}$${digest}"
     hashes = snapshot_hashes(tiny, md)
     assert remote_disk_hashes(remote, vm["backup_id"]) == hashes
     raws = xva_img_check(xva, tmp_path / "xva")
     from backup_checks import _hash_file  # noqa: PLC0415
 
     assert sorted(_hash_file(p, p.stat().st_size) for p in raws.values()) == sorted(hashes.values())
+    # backup_info and restore check it against that file, whichever algorithm wrote it.
+    rc, info = run_module("backup_info", {"remote": f"file://{remote}", "verify": True, "vm": "tiny-01"})
+    assert rc == 0 and [(b["verified"], b["problems"]) for b in info["backups"]] == [(True, [])], info
+    conn = {k: v for k, v in args(tiny, remote, tmp_path).items() if k in ("hostname", "password", "ca_path")}
+    rc, restored = run_module("restore", {**conn, "remote": f"file://{remote}", "backup": vm["backup_id"],
+                                          "name": "restored", "sr": "Local storage"})  # fmt: skip
+    assert rc == 0 and restored["checksum"] == "verified", restored
+    with tiny.xapi() as x:
+        new = x.VM.get_by_uuid(restored["vm"]["uuid"])
+        disks = [x.VDI.get_uuid(x.VBD.get_VDI(v)) for v in x.VM.get_VBDs(new) if x.VBD.get_type(v) == "Disk"]
+    assert sorted(tiny.sha256(u) for u in disks) == sorted(hashes.values())
 
 
 def test_zstd_full_backup_is_stored_compressed(tiny, remote, tmp_path):

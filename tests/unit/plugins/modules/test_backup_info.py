@@ -290,7 +290,7 @@ def corrupt_xva_chunk(lab, root):
     xva = lab.ours["full"][: -len(".json")] + ".xva"
     name, offset = chunk_data_offset(root / xva)
     flip(root / xva, offset + 1000, mask=0x01)
-    return {lab.ours["full"]: [(xva, name), (xva, "MD5")]}
+    return {lab.ours["full"]: [(xva, name), (xva, "stored bytes hash to ")]}  # MD5 or SHA-256, by the CPU
 
 
 def wrong_checksum(lab, root):
