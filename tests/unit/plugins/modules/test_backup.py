@@ -282,6 +282,7 @@ def test_one_failed_vm_does_not_stop_the_others(tiny, remote, tmp_path):
         ({"power_states": ["sleeping"]}, "sleeping"),
         ({"job": "  "}, "job"),
         ({"mode": "differential"}, "mode"),
+        ({"checksum": "sha1"}, "checksum"),
     ],
 )
 def test_bad_input_fails_cleanly(demo_sim, remote, tmp_path, extra, needle):
