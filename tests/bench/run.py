@@ -41,11 +41,11 @@ in less than 5.1 s, what curl took. Under the row, two floors measured in the sa
 on one core (no pipeline that writes Xen Orchestra's checksum ends sooner) and the CPU seconds of the
 module and the simulator divided by the cores (this pipeline on this host).
 
-Full runs of the other rows gave zstd 1.02-1.10, smb 1.03 and s3 0.53-0.59. The S3 row is bound by
-the two cores on both sides: ``rclone serve s3`` itself spends 22 CPU seconds on the
-baseline's 4.3 GB and 28 on the backup's, boto3 6.4 in both; the backup adds reading XAPI and the MD5
-(module 16.5 s in all) and the simulator 4.0 s. Both runs kept the cores 83 % busy, so the ratio is
-the ratio of CPU seconds, (22 + 6.4) / (28 + 16.5 + 4.0) = 0.59, what was measured.
+A full run on 2026-11-27 (7 min 46 s) gave zstd 1.12, smb 1.02 and s3 0.56. The S3 row is bound
+by the two cores on both sides: ``rclone serve s3`` itself spends 19 CPU seconds on the baseline's
+4.3 GB and 24 on the backup's, boto3 5.7; the backup adds reading XAPI and the hash (module 13.7 s in
+all) and the simulator 3.0 s. Both runs keep the cores about equally busy, so the ratio is close to
+the ratio of CPU seconds, (19 + 5.7) / (24 + 13.7 + 3.0) = 0.61.
 
 ``--pin`` pins the simulator to CPU 0 and the module and baselines (curl, zstd, the uploaders) to
 CPU 1: each side then has exactly one core, in the baseline and in the measured run alike (the hash
