@@ -324,10 +324,11 @@ class XoJob:
         return self.call("VIF.get_all_records_where", f'field "VM"="{vm_ref}"')
 
     # -- full ---------------------------------------------------------------------------------
-    def full(self, vm, compression="zstd", when=None, snapshot=None):
+    def full(self, vm, compression="zstd", when=None, snapshot=None, checksum="md5"):
         """A full backup (XVA). ``compression``: None, ``gzip`` (XO's "native") or ``zstd``.
 
-        ``snapshot`` defaults to XO's rule: no snapshot for a halted VM.
+        ``snapshot`` defaults to XO's rule: no snapshot for a halted VM. ``checksum`` is XO's MD5; the
+        other algorithms stand for backups written by this collection's ``checksum`` option.
         """
         when = self._when(when)
         vm_ref = self.vm_ref(vm)
@@ -348,7 +349,7 @@ class XoJob:
         xva = xva_path(vm_uuid, when)
         with ExportStream(self.client, "/export", f"XO export of {vm_rec['name_label']}", ref=exported,
                           use_compression=use) as src, self.storage.open_write(xva) as out:  # fmt: skip
-            writer = ChecksumWriter(out)
+            writer = ChecksumWriter(out, checksum)
             while True:
                 chunk = src.read(1 << 20)
                 if not chunk:

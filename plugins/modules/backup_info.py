@@ -239,7 +239,7 @@ backups:
           type: str
       sample:
         - file: xo-vm-backups/6b2f…/20240618T020003Z.xva.checksum
-          problem: "… records MD5 3b5d… but the 10522624 stored bytes of … hash to 9e10…"
+          problem: "records MD5 3b5d…, but the XVA, whose content checks out, hashes to 9e10… over its 10522624 bytes…"
 vms:
   description: One entry per VM that has backups among those listed, sorted by name.
   returned: when O(remote) is given

@@ -13,9 +13,9 @@ description:
     straight to the pool's XAPI on the host that runs the module (the site's proxy), without a temporary
     copy.
   - Backups written by Xen Orchestra and by M(xapi.proxy.backup) share one layout and restore alike.
-  - A full backup (XVA) is sent as it is stored, compressed or not, to XAPI's import. Its hash (MD5 or
-    SHA-256, as the file says) is checked against the C(.xva.checksum) file on the way; a damaged file is
-    refused (unless O(force=true)) before XAPI completes the import.
+  - A full backup (XVA) is sent as it is stored, compressed or not, to XAPI's import. Its hash (MD5,
+    SHA-256 or SHA-512, as the file says) is checked against the C(.xva.checksum) file on the way; a
+    damaged file is refused (unless O(force=true)) before XAPI completes the import.
   - An incremental backup is rebuilt as Xen Orchestra does it. The VM is created from the backed-up record
     with starting blocked, then its disks and their drives are created from their records. Each disk's
     chain of VHDs is sent as one flattened VHD, the network interfaces are recreated, then the VM is

@@ -292,7 +292,7 @@ def main():
                 cpu_line("module vs curl", ours, base, "module / curl")
                 hashing = hash_seconds(ours.result, CHECKSUM)
                 cores = (ours.cpu + ours.sim_cpu) / (os.cpu_count() or 1)
-                label = f"floors: {CHECKSUM} alone on one core; all CPU / cores"
+                label = f"floors: {CHECKSUM} on 1 core; all CPU / cores"
                 print(f"  {label:42s} {hashing:>13.1f}s {cores:>15.1f}s   "
                       f"(ratio {base.wall / hashing:.2f} at best for any pipeline with the {CHECKSUM}; "
                       f"{base.wall / max(hashing, cores):.2f} for this one)", flush=True)  # fmt: skip
@@ -430,16 +430,23 @@ def streamed_upload_run(sim, export, args):
         c = subprocess.Popen(
             pinned(["curl", "-sS", "--fail", "--cacert", str(sim.ca_path), url]), stdout=subprocess.PIPE
         )
-        u = subprocess.Popen(pinned([sys.executable, "-c", UPLOADER, "s3", json.dumps({**args, "file": "-"})]),
-                             stdin=c.stdout, stdout=subprocess.DEVNULL, stderr=err, env=module_env())  # fmt: skip
+        try:
+            u = subprocess.Popen(pinned([sys.executable, "-c", UPLOADER, "s3", json.dumps({**args, "file": "-"})]),
+                                 stdin=c.stdout, stdout=subprocess.DEVNULL, stderr=err, env=module_env())  # fmt: skip
+        except OSError:
+            c.kill()
+            c.wait()
+            raise
         c.stdout.close()
-        _, ustatus, uusage = os.wait4(u.pid, 0)
-        _, cstatus, cusage = os.wait4(c.pid, 0)
+        usage = {}
+        for proc in (u, c):  # wait4 for the CPU seconds; the returncode for Popen's own bookkeeping
+            _, status, usage[proc] = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - start
-        if os.waitstatus_to_exitcode(ustatus) or os.waitstatus_to_exitcode(cstatus):
+        if u.returncode or c.returncode:
             err.seek(0)
             raise RuntimeError(f"curl | boto3 failed: {err.read().decode(errors='replace')[-2000:]}")
-    return wall, sum(r.ru_utime + r.ru_stime for r in (uusage, cusage))
+    return wall, sum(r.ru_utime + r.ru_stime for r in usage.values())
 
 
 def storage_row(kind, sim, work, xva, n_rounds, row, export):

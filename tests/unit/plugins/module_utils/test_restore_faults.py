@@ -176,9 +176,10 @@ def test_missing_xva_is_reported(job, remote):
     assert f"XVA {fixture.files[0]} is missing" in str(e)
 
 
-def test_wrong_checksum_file_is_refused_unless_forced(job, remote):
-    fixture = job.full("tiny-01")
-    remote.storage.write_bytes(fixture.files[1], b"$1$$" + b"0" * 32)
+@pytest.mark.parametrize(("checksum", "wrong"), [("md5", b"$1$$" + b"0" * 32), ("sha256", b"$5$$" + b"0" * 64)])
+def test_wrong_checksum_file_is_refused_unless_forced(job, remote, checksum, wrong):
+    fixture = job.full("tiny-01", checksum=checksum)
+    remote.storage.write_bytes(fixture.files[1], wrong)
     e = failed_restore(job, fixture, ChecksumMismatchError)
     assert "does not match its checksum file" in str(e) and "force=true" in str(e)
     warnings = []
@@ -190,16 +191,17 @@ def test_wrong_checksum_file_is_refused_unless_forced(job, remote):
     ) in {d.sha256 for d in fixture.disks.values()}
 
 
-def test_damaged_ova_xml_is_stopped_before_xapi_completes_it(job, remote):
+@pytest.mark.parametrize(("checksum", "name"), [("md5", "MD5"), ("sha256", "SHA-256"), ("sha512", "SHA-512")])
+def test_damaged_ova_xml_is_stopped_before_xapi_completes_it(job, remote, checksum, name):
     # XAPI checks each disk chunk, but nothing checks ova.xml: a damaged VM record would import as is.
-    fixture = job.full("tiny-01", compression=None)
+    fixture = job.full("tiny-01", compression=None, checksum=checksum)
     path = remote.path(fixture.files[0])
     data = path.read_bytes()
     head = data[:65536]
     assert head.count(b"<name>name_label</name><value>tiny-01<") == 1
     path.write_bytes(head.replace(b"<value>tiny-01<", b"<value>tiny-02<") + data[65536:])
     e = failed_restore(job, fixture, ChecksumMismatchError)
-    assert "does not match its checksum file" in str(e) and "The upload was stopped before its end" in str(e)
+    assert f"does not match its checksum file ({name} " in str(e) and "The upload was stopped before its end" in str(e)
 
 
 def test_damaged_disk_data_is_refused(job, remote):

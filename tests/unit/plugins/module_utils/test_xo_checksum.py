@@ -38,6 +38,11 @@ def test_written_checksums_match_coreutils_and_read_back(tmp_path, algorithm, nu
         "$5$$d41d8cd98f00b204e9800998ecf8427e",  # an MD5's length under SHA-256's id
         "$2$$d41d8cd98f00b204e9800998ecf8427e",  # an id XO does not know
         "$1$$d41d8cd98f00b204e9800998ecf8427e trailing",
+        "$1$$d41d8cd98f00b204e9800998ecf8427e\x1f",  # XO's trim() keeps it, so XO's comparison fails
+        "$6$$" + "0" * 64,  # SHA-256's length under SHA-512's id
+        "$5$$" + "A" * 64,
+        "$$",
+        b"$1$$\xff\xfe" + b"0" * 30,  # not ASCII
         "",
     ],
 )
@@ -54,6 +59,11 @@ def test_anything_else_is_refused_with_the_accepted_forms(bad):
         ("processor\t: 0\nFeatures\t: fp asimd aes pmull sha1 sha2 crc32\n", True),
         ("processor\t: 0\nFeatures\t: fp asimd sha1\n", False),
         ("processor\t: 0\n", False),
+        # Only the first CPU counts (a later one alone does not make hashlib's choice safe), and other
+        # "... flags" lines are not the flags.
+        ("processor\t: 0\nflags\t\t: fpu\n\nprocessor\t: 1\nflags\t\t: fpu sha_ni\n", False),
+        ("processor\t: 0\nvmx flags\t: sha_ni ept\nflags\t\t: fpu sha_ni\n", True),
+        ("processor\t: 0\nvmx flags\t: sha_ni ept\nflags\t\t: fpu\n", False),
     ],
 )
 def test_auto_writes_sha256_only_where_the_cpu_hashes_it(tmp_path, cpuinfo, hardware):
@@ -62,6 +72,12 @@ def test_auto_writes_sha256_only_where_the_cpu_hashes_it(tmp_path, cpuinfo, hard
     assert C.cpu_hashes_sha256(str(path)) is hardware
     assert C.choose_algorithm("auto", str(path)) == ("sha256" if hardware else "md5")
     assert C.choose_algorithm("md5", str(path)) == "md5" and C.choose_algorithm("sha256", str(path)) == "sha256"
+
+
+def test_a_model_name_that_is_not_utf8_does_not_fail_the_backup(tmp_path):
+    path = tmp_path / "cpuinfo"
+    path.write_bytes(b"processor\t: 0\nmodel name\t: Virtual \xae CPU\nflags\t\t: fpu sha_ni\n")
+    assert C.cpu_hashes_sha256(str(path)) is True
 
 
 def test_without_cpu_information_auto_writes_md5(tmp_path):

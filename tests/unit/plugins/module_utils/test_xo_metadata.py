@@ -1,4 +1,4 @@
-"""Backup metadata as XO writes it, validation of what remotes hold, and ``.xva.checksum``."""
+"""Backup metadata as XO writes it, and validation of what remotes hold."""
 
 import copy
 import json

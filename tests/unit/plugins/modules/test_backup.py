@@ -1,5 +1,6 @@
 """The backup module through its real entry point, against the simulator over HTTPS."""
 
+import hashlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import pytest
 from backup_checks import backups_of, metadata, qemu_img_raw, remote_disk_hashes, xva_img_check
 from module_runner import ROOT, module_env, run_module
 
+from ansible_collections.xapi.proxy.plugins.module_utils._xo_checksum import ALGORITHM_IDS, choose_algorithm
 from xapisim.pytest_plugin import HERE
 
 TINY = HERE / "labs" / "tiny.yml"
@@ -137,6 +139,10 @@ def test_zstd_full_backup_is_stored_compressed(tiny, remote, tmp_path):
     xva = remote / Path(vm["backup_id"]).parent / md["xva"]
     assert xva.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
     assert remote_disk_hashes(remote, vm["backup_id"]) == snapshot_hashes(tiny, md)
+    # The default checksum (auto) is the algorithm this host's CPU calls for, over the stored bytes.
+    algorithm = choose_algorithm("auto")
+    digest = hashlib.new(algorithm, xva.read_bytes()).hexdigest()
+    assert (xva.parent / (xva.name + ".checksum")).read_text() == f"${ALGORITHM_IDS[algorithm]}$${digest}"
 
 
 def test_vhds_convert_with_qemu_img(tiny, remote, tmp_path):
