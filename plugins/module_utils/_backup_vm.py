@@ -250,6 +250,7 @@ class VmBackup:
                         t.fail("opening the XVA file", e)
             self._require_targets()
             checksum = XvaChecksum(self.spec.checksum)
+            self.result["checksum"] = checksum.algorithm
             from ._backup_pipeline import PIECE_SIZE, PIECES, BufferPool  # noqa: PLC0415 - local to this method
 
             # A few reused buffers: XAPI's bytes land in them (readinto, no copy) and each piece goes to

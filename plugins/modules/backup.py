@@ -252,6 +252,10 @@ vms:
     speed:
       description: Bytes per second read from XAPI.
       type: int
+    checksum:
+      description: The hash in the full backup's C(.xva.checksum), V(md5) or V(sha256), as O(checksum) chose
+        it on this host. Absent for incremental backups.
+      type: str
     backup_id:
       description: The new backup's id on the first remote that took it (the metadata path relative to
         the remote's root, as M(xapi.proxy.backup_info) and M(xapi.proxy.restore) use it).

@@ -85,6 +85,7 @@ def test_incremental_chain_restores_every_point(tiny, remote, tmp_path):
         (vm,) = result["vms"]
         assert vm["status"] == "success" and vm["backup_id"]
         assert vm["mode"] == ("full" if run == 0 else "incremental")
+        assert "checksum" not in vm, "VHDs have no .checksum file"
         md = metadata(remote, vm["backup_id"])
         assert md["mode"] == "delta" and set(md["isVhdDifferencing"].values()) == {run > 0}
         expected[vm["backup_id"]] = snapshot_hashes(tiny, md)  # the newest snapshot is kept as the base
@@ -104,6 +105,7 @@ def test_full_backups_are_xvas_that_xva_img_unpacks(tiny, remote, tmp_path, chec
     )
     assert rc == 0, result
     (vm,) = result["vms"]
+    assert vm["checksum"] == checksum
     md = metadata(remote, vm["backup_id"])
     assert md["mode"] == "full" and md["xva"].startswith("./") and md["xva"].endswith(".xva")
     vm_dir = remote / Path(vm["backup_id"]).parent
@@ -141,6 +143,7 @@ def test_zstd_full_backup_is_stored_compressed(tiny, remote, tmp_path):
     assert remote_disk_hashes(remote, vm["backup_id"]) == snapshot_hashes(tiny, md)
     # The default checksum (auto) is the algorithm this host's CPU calls for, over the stored bytes.
     algorithm = choose_algorithm("auto")
+    assert vm["checksum"] == algorithm
     digest = hashlib.new(algorithm, xva.read_bytes()).hexdigest()
     assert (xva.parent / (xva.name + ".checksum")).read_text() == f"${ALGORITHM_IDS[algorithm]}$${digest}"
 
