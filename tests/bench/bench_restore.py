@@ -2,15 +2,16 @@
 
 Both send the same uncompressed XVA to the same simulator's ``PUT /import`` in the same run; the
 module (a real module process, as Ansible starts it) also reads the backup's metadata, checks the
-MD5 on the way and sets the VM up afterwards. Printed row::
+``.xva.checksum`` on the way (MD5, as Xen Orchestra writes it, or ``--checksum sha256`` as this
+collection's backups write it on CPUs with SHA instructions) and sets the VM up afterwards. Printed row::
 
-    restore_full  size_mib=2048  curl_s=…  module_s=…  ratio=…  target=0.90  ok=…  unverified_s=…
+    restore_full  size_mib=2048  checksum=md5  curl_s=…  module_s=…  ratio=…  target=0.90  ok=…  unverified_s=…
                   ratio_unverified=…  rss_small_mib=…  rss_large_mib=…  flat=…  (one line)
 
 ``ratio`` is the module's throughput over curl's (best of ``--rounds`` each, in rotating order, the page
 cache flushed before each);
 ``ratio_unverified`` is the same restore once the ``.xva.checksum`` file is removed, which shows what
-the MD5 check costs (on a 2-core host it competes with XAPI itself for the CPU);
+the checksum's check costs (on a 2-core host it competes with XAPI itself for the CPU);
 ``rss_*`` is the module process's peak RSS (``wait4``) restoring a small and the large backup: memory
 is flat when they differ by less than 16 MiB whatever the size. ``cpu_s`` is the CPU time of the
 sender (curl, the module) and ``sim_cpu_s`` the simulator's during the best run of each: on a host
@@ -18,7 +19,8 @@ with 2 cores the sender and the simulator share them, which explains most of the
 
 ``--pin`` pins the simulator to CPU 0 and curl or the module to CPU 1 (one core each, for both).
 
-Run: ``python tests/bench/bench_restore.py [--size-mib 2048] [--small-mib 128] [--rounds 3] [--pin]``.
+Run: ``python tests/bench/bench_restore.py [--size-mib 2048] [--small-mib 128] [--rounds 3] [--pin]
+[--checksum md5|sha256|sha512]``.
 """
 
 from __future__ import annotations
@@ -151,6 +153,8 @@ def main(argv=None):
     parser.add_argument("--small-mib", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pin", action="store_true", help="simulator on CPU 0, curl and the module on CPU 1")
+    parser.add_argument("--checksum", choices=["md5", "sha256", "sha512"], default="md5",
+                        help="algorithm of the backups' .xva.checksum (md5: as Xen Orchestra writes it)")  # fmt: skip
     opts = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-restore-") as base:
         sim = SimHandle(lab_file(base, [opts.small_mib, opts.size_mib]), Path(base) / "state").start(timeout=600)
@@ -161,7 +165,8 @@ def main(argv=None):
         try:
             remote = make_remote("file", base)
             with XoJob(sim, remote) as job:
-                backups = {s: job.full(f"bench-{s}", compression=None) for s in (opts.small_mib, opts.size_mib)}
+                backups = {s: job.full(f"bench-{s}", compression=None, checksum=opts.checksum)
+                           for s in (opts.small_mib, opts.size_mib)}  # fmt: skip
             client = connect(sim)
             sr_ref = client.call("SR.get_by_name_label", "Local storage")[0]
             large = backups[opts.size_mib]
@@ -178,7 +183,7 @@ def main(argv=None):
                 if kind == "curl":
                     times[kind].append(curl_import(sim, client, xva, sr_ref))
                 else:
-                    if kind == "unverified":  # no .xva.checksum file: the same restore without the MD5 check
+                    if kind == "unverified":  # no .xva.checksum file: the same restore without the check
                         remote.storage.delete(large.files[1])
                     try:
                         m, result = restore_once(sim, remote, large.id, f"bench {kind} {i}", base)
@@ -206,7 +211,8 @@ def main(argv=None):
     small, large_rss = rss[opts.small_mib] / (1 << 20), rss[opts.size_mib] / (1 << 20)
     flat = abs(large_rss - small) < FLAT_MIB
     print(
-        f"restore_full  size_mib={opts.size_mib}  curl_s={curl_s:.2f}  module_s={module_s:.2f}  ratio={ratio:.2f}  "
+        f"restore_full  size_mib={opts.size_mib}  checksum={opts.checksum}  curl_s={curl_s:.2f}  "
+        f"module_s={module_s:.2f}  ratio={ratio:.2f}  "
         f"target={TARGET:.2f}  ok={ratio >= TARGET}  unverified_s={unverified_s:.2f}  "
         f"ratio_unverified={curl_s / unverified_s:.2f}  rss_small_mib={small:.1f}  rss_large_mib={large_rss:.1f}  "
         f"flat={flat}  cpu_s(curl/module/unverified)={curl.cpu:.2f}/{module.cpu:.2f}/{unverified.cpu:.2f}  "
