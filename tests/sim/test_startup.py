@@ -1,5 +1,8 @@
 """The simulator refuses to start with a clear reason, and the test harness shows that reason."""
 
+import os
+import time
+
 import pytest
 from fs_helpers import tmpfs
 
@@ -36,3 +39,15 @@ def test_a_full_disk_while_building_says_so(tmp_path):
         message = failed_start(DEMO_LAB, small / "state", tmp_path / "sim.log")
     assert f"cannot build the lab from {DEMO_LAB} in {small / 'state'}" in message
     assert "No space left on device" in message
+
+
+def test_a_start_that_hangs_fails_at_the_timeout_and_is_killed(tmp_path):
+    # A FIFO as the lab file: the simulator blocks opening it (no writer), silent, before "ready".
+    lab = tmp_path / "lab.yml"
+    os.mkfifo(lab)
+    handle = SimHandle(lab, tmp_path / "state")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"simulator not ready after 2 s"):
+        handle.start(timeout=2)
+    assert time.monotonic() - started < 15
+    assert handle.proc is None, "the hung simulator was stopped, not left behind"

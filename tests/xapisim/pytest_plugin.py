@@ -6,6 +6,7 @@ Tests talk to it over HTTP(S) with the real ``XenAPI`` SDK and ``requests``; not
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -40,6 +41,7 @@ class SimHandle:
         self.port = port or free_port()
         self.extra_args = list(extra_args)
         self.proc = None
+        self._log = None
         self.ca_path = None
         self.username, self.password = DEMO_ADMIN
         self.ro_username, self.ro_password = DEMO_READ_ONLY
@@ -75,24 +77,39 @@ class SimHandle:
         env = dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process lifetime
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=env)
-        deadline = time.monotonic() + timeout
-        for raw in self.proc.stdout:
-            line = raw.decode().strip()
-            if line.startswith("xapisim: tls certificate "):
-                self.ca_path = line.split(" ", 3)[3]
-            if line == "xapisim: ready":
-                break
-            if time.monotonic() > deadline:
-                break
-        else:
-            raise RuntimeError(f"simulator exited early (rc={self.proc.wait()}): {self.log_tail()}")
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"simulator did not start: {self.log_tail()}")
+        try:
+            self._wait_ready(timeout)
+        except RuntimeError:
+            self.stop(signal.SIGKILL)
+            raise
         return self
+
+    def _wait_ready(self, timeout):
+        """Read the simulator's announcements until ``ready``; a silent or hung start fails at ``timeout``."""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()  # read raw with select(): a blocking readline could wait forever
+        pending = b""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"simulator not ready after {timeout} s: {self.log_tail()}")
+            if not select.select([fd], [], [], remaining)[0]:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError(f"simulator exited early (rc={self.proc.wait()}): {self.log_tail()}")
+            *lines, pending = (pending + chunk).split(b"\n")
+            for raw in lines:
+                line = raw.decode().strip()
+                if line.startswith("xapisim: tls certificate "):
+                    self.ca_path = line.split(" ", 3)[3]
+                if line == "xapisim: ready":
+                    return
 
     def log_tail(self, lines=5):
         """The end of the simulator's log, so a failed start says why in the test report itself."""
-        self._log.flush()
+        if self._log is not None:
+            self._log.flush()
         tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
         return " | ".join(tail) or f"nothing in {self.log_path}"
 
@@ -106,6 +123,9 @@ class SimHandle:
                 self.proc.wait()
         if self.proc and self.proc.stdout:
             self.proc.stdout.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         self.proc = None
 
     def restart(self, sig=signal.SIGTERM):
