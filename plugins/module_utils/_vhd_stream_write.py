@@ -19,6 +19,7 @@ from ansible_collections.xapi.proxy.plugins.module_utils._vhd_format import (
     SECTOR_SIZE,
     XO_CREATOR,
     Header,
+    VhdIdentity,
     bat_bytes,
     block_count,
     build_bat,
@@ -30,7 +31,7 @@ from ansible_collections.xapi.proxy.plugins.module_utils._vhd_format import (
 )
 
 
-class VhdWriter:
+class VhdWriter(VhdIdentity):
     """Plan and emit one dynamic (type 3) or differencing (type 4) VHD.
 
     ``block_indexes`` lists the blocks that will be written, in the order their data will come
@@ -55,8 +56,7 @@ class VhdWriter:
         check_block_size(block_size)
         if virtual_size <= 0:
             raise ValueError(f"virtual size must be positive, got {virtual_size}")
-        self.virtual_size = virtual_size
-        self.block_size = block_size
+        self.block_size = block_size  # virtual_size, uuid and the parent's come from the footer and header
         self.entries = block_count(virtual_size, block_size)
         self.block_indexes = list(block_indexes)
         disk_type = DISK_TYPE_DIFFERENCING if parent_uuid is not None else DISK_TYPE_DYNAMIC
@@ -83,14 +83,6 @@ class VhdWriter:
             sector += self._span // SECTOR_SIZE
         self._bat = build_bat(bat)
         self.size = first + len(self.block_indexes) * self._span + FOOTER_SIZE
-
-    @property
-    def uuid(self):
-        return self.footer.uuid
-
-    @property
-    def is_differencing(self):
-        return self.footer.disk_type == DISK_TYPE_DIFFERENCING
 
     def prologue(self):
         """Footer copy, header and BAT: the bytes before the first block."""
