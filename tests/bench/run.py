@@ -30,18 +30,21 @@ storage protocol (reading XAPI, the hash, the pipeline); for scale, boto3's defa
 the same file is printed too. The storage servers' CPU is not counted in either column; rclone's is
 printed under the S3 row (Samba forks a process per connection, which is not measured).
 
-What limits the file:// row on a 2-core host (measured 2026-11-27, 4.3 GB XVA, 3 rounds): the
-module's default ``checksum: auto`` hashes with SHA-256 where the CPU has SHA instructions (this one
-does), 3.6 s of one core for the ``.xva.checksum``; with MD5 it was 5.4 s and the module's CPU 9.3-9.8
-s, now 6.5-7.0 s. The module reads XAPI's TLS stream in one thread, hashes in a second and writes in a
-third, while the simulator (3.1-3.7 CPU s, XAPI's work, on the proxy's cores only in this benchmark)
-serves it; curl needs 3.5 CPU seconds and took 5.1 s. The module's 689-715 MB/s against curl's
-834-896 gave 0.80-0.84: the two cores could not finish the module's and the simulator's CPU seconds
-in less than 4.6-5.1 s, about what curl took. Under the row, two floors measured in the same run: the
-hash alone on one core (no pipeline that writes Xen Orchestra's checksum ends sooner) and the CPU
-seconds of the module and the simulator divided by the cores (this pipeline on this host). Then the
-same work done with plain tools, ``curl | tee <file> | openssl dgst -sha256`` (fsynced, best of the
-same rounds): 467 MB/s, so the module ran 1.61 times as fast as the tools doing what it does.
+What limits the file:// row on a 2-core host (measured 2026-11-27, 4.3 GB XVA): the module's default
+``checksum: auto`` hashes with SHA-256 where the CPU has SHA instructions (this one does), 2.3 s of
+one core for the ``.xva.checksum`` at best; MD5 took 5.4 s. The module reads XAPI's TLS stream in
+one thread, hashes in a second and writes in a third, while the simulator (3.0-3.2 CPU s, XAPI's
+work, on the proxy's cores only in this benchmark) serves it; curl needs 3.8-4.3 CPU seconds. The
+hash is sensitive to where its bytes are: SHA-256 over a ring of 6 x 4 MiB buffers ran at 1.25 GB/s
+here, over 4 x 2 MiB at 1.9 (the ring fits the cache, so the hashing thread reads what the reading
+thread just wrote from the cache, not from memory). With the smaller ring the module's CPU fell from
+6.5-7.0 s to 5.6-6.2 s, and six runs of this row gave 0.88, 0.93, 0.93, 0.94, 0.95 and 1.01 (module
+726-790 MB/s, curl 722-838: on this shared machine curl's own speed moves by 15 % from run to run).
+Under the row, two floors measured in the same run: the hash alone on one core (no pipeline that
+writes Xen Orchestra's checksum ends sooner) and the CPU seconds of the module and the simulator
+divided by the cores (this pipeline on this host). Then the same work done with plain tools,
+``curl | tee <file> | openssl dgst -sha256`` (fsynced, best of the same rounds): 420 MB/s, so the
+module ran 1.7-1.85 times as fast as the tools doing what it does.
 
 A full run on 2026-11-27 (7 min 46 s) gave zstd 1.12, smb 1.02 and s3 0.56. The S3 row is bound
 by the two cores on both sides: ``rclone serve s3`` itself spends 19 CPU seconds on the baseline's
