@@ -238,9 +238,10 @@ def find_rclone():
 
 
 class RcloneS3Server:
-    def __init__(self, binary, tls=False):
+    def __init__(self, binary, tls=False, bwlimit=None):
         self.binary = binary
         self.tls = tls
+        self.bwlimit = bwlimit  # e.g. "100M": uploads accepted at most that fast, like a slower object store
         self.ca_path = None
         self.port = free_port()
         self.base = Path(tempfile.mkdtemp(prefix="xapi-proxy-s3-"))
@@ -257,7 +258,7 @@ class RcloneS3Server:
         if not self.small_mounted:
             small.rmdir()
         (self.base / "rclone.conf").write_text("")
-        tls = []
+        tls = ["--bwlimit", self.bwlimit] if self.bwlimit else []
         if self.tls:  # a self-signed certificate for 127.0.0.1, which is its own CA
             from xapisim.tls import certificate  # noqa: PLC0415
 
