@@ -51,7 +51,7 @@ On 2026-11-27 (rows file, zstd, smb, s3, 3 rounds) the other rows gave zstd 1.21
 0.56. The S3 row is bound by the two cores on both sides: ``rclone serve s3`` itself spends 19 CPU
 seconds on the baseline's 4.3 GB and 25 on the backup's, boto3 5.8; the backup adds reading XAPI and
 the hash (module 12.9 s in all) and the simulator 3.1 s. Both runs keep the cores about equally busy,
-so the ratio is close to the ratio of CPU seconds. rclone's extra 6 s are measured: it computes an
+so the ratio is close to the ratio of CPU seconds. rclone's extra 6 s match this: it computes an
 object's MD5 (its ETag) lazily, on the first HEAD, GET or listing that returns it, 1.36 s per GiB
 here, and the backup reads its new XVA back (size, first and last bytes) before it counts as written,
 while the plain upload never looks at what it sent. S3 servers that store the ETag at upload (AWS,
