@@ -20,7 +20,9 @@ Throughput rows run ``--rounds`` times (default 3, 1 with --quick), baseline and
 (the order alternates), and compare the best time of each: on a small shared machine one run can
 be a second slower for reasons that have nothing to do with either side. Under each row, the CPU
 seconds of the module, of the baseline and of the simulator (during the best runs) show who spent
-what: the simulator (XAPI's TLS and tar) runs on the same cores as the proxy under test.
+what: the simulator (XAPI's TLS and tar) runs on the same cores as the proxy under test. With more
+than one round, the ratio of each round (its two runs back to back) and their median follow, to show
+how steady the headline is.
 
 The SMB and S3 rows back up the same VM to a real Samba and ``rclone serve s3`` (tests/servers.py;
 skipped with the reason when a server cannot start). Their baseline uploads the XVA that the file://
@@ -223,14 +225,17 @@ def curl(sim, path, query, out, pipe=None, tee=None):
 
 
 class Best:
-    """The fastest of several timed runs of one kind, with the CPU seconds of that run."""
+    """The fastest of several timed runs of one kind, with the CPU seconds of that run (``walls``: every
+    run's time, in order)."""
 
     def __init__(self):
         self.wall = None
         self.cpu = self.sim_cpu = 0.0
         self.result = None
+        self.walls = []
 
     def add(self, wall, cpu, sim_cpu, result=None):
+        self.walls.append(wall)
         if self.wall is None or wall < self.wall:
             self.wall, self.cpu, self.sim_cpu, self.result = wall, cpu, sim_cpu, result
 
@@ -262,6 +267,14 @@ def hash_seconds(size, algorithm):
 def cpu_line(label, ours, base, base_name):
     print(f"  {'cpu s: ' + label:42s} {ours.cpu:>13.1f}s {base.cpu:>15.1f}s   simulator "
           f"{ours.sim_cpu:.1f}s / {base.sim_cpu:.1f}s ({base_name})", flush=True)  # fmt: skip
+    if len(ours.walls) > 1:
+        # Both sides of a round run back to back, so a round's ratio sees the machine in one state; on a
+        # shared host, their median says how steady the headline (best against best) is.
+        ratios = sorted(b / o for b, o in zip(base.walls, ours.walls))
+        mid = len(ratios) // 2
+        median = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+        each = " ".join(f"{b / o:.2f}" for b, o in zip(base.walls, ours.walls))
+        print(f"  {'ratio of each round':42s} {each}   (median {median:.2f})", flush=True)
 
 
 def main():
