@@ -250,7 +250,6 @@ class VmBackup:
                         t.fail("opening the XVA file", e)
             self._require_targets()
             checksum = XvaChecksum(self.spec.checksum)
-            self.result["checksum"] = checksum.algorithm
             from ._backup_pipeline import PIECE_SIZE, PIECES, BufferPool  # noqa: PLC0415 - local to this method
 
             # A few reused buffers: XAPI's bytes land in them (readinto, no copy) and each piece goes to
@@ -291,6 +290,8 @@ class VmBackup:
             except (StorageError, TargetError) as e:
                 sink.abort()
                 t.fail("completing the backup", e)
+        if any(t.ok for t in sinks):  # reported only once a .xva.checksum holds it
+            self.result["checksum"] = checksum.algorithm
 
     def _fan_out(self, sinks, op, step):
         for t, sink in list(sinks.items()):

@@ -254,7 +254,7 @@ vms:
       type: int
     checksum:
       description: The hash in the full backup's C(.xva.checksum), V(md5) or V(sha256), as O(checksum) chose
-        it on this host. Absent for incremental backups.
+        it on this host. Absent for incremental backups and for a full backup that no remote completed.
       type: str
     backup_id:
       description: The new backup's id on the first remote that took it (the metadata path relative to

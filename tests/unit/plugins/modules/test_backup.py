@@ -252,6 +252,23 @@ def test_cut_stream_fails_the_vm_and_keeps_previous_backups(tiny, remote, tmp_pa
         assert len(x.VM.get_snapshots(x.VM.get_by_name_label("tiny-01")[0])) == 1
 
 
+def test_cut_full_export_fails_the_vm_and_reports_no_checksum(tiny, remote, tmp_path):
+    full = {"mode": "full", "compression": "none", "checksum": "sha256"}
+    rc, result = run_module("backup", args(tiny, remote, tmp_path, **full))
+    assert rc == 0, result
+    first = result["vms"][0]["backup_id"]
+    tiny.fault(path="/export", action="cut", after_bytes=3 * MiB)
+    rc, result = run_module("backup", args(tiny, remote, tmp_path, **full))
+    assert rc != 0
+    (vm,) = result["vms"]
+    assert vm["status"] == "failure" and "export of VM" in vm["error"], vm
+    assert "checksum" not in vm, "no .xva.checksum was written, so none is reported"
+    assert backups_of(remote, vm["uuid"]) == [first]
+    vm_dir = remote / Path(first).parent
+    assert sorted(p.name for p in vm_dir.iterdir() if p.suffix == ".xva") == [Path(first).stem + ".xva"]
+    assert not [p for p in remote.rglob("*") if p.name.startswith(".")], "temporary files are removed"
+
+
 def test_task_failure_is_reported_with_the_xapi_error(tiny, remote, tmp_path):
     tiny.fault(
         method="VM.snapshot", action="fail_task", error=["SR_BACKEND_FAILURE_44", "", "There is insufficient space", ""]
