@@ -82,18 +82,22 @@ def take(client, vm_ref, vm_record, job, schedule_id, job_name, ignore_vdis, tim
     _block_migration(client, vm_ref)
     ref = run_async(client, "VM.snapshot", vm_ref, TEMP_NAME, list(ignore_vdis), timeout=timeout)
     try:
+        # Read first: the maps the snapshot inherited say which keys need removing before they are set.
+        snap = load(client, ref)
         keys = {K_DATETIME: stamp, K_JOB: job, K_SCHEDULE: schedule_id, K_VM: vm_record["uuid"], K_QCOW2_FIX: "true"}
         for key, value in keys.items():
-            _set_key(client, "VM", ref, key, value)
-        client.call("VM.set_name_label", ref, snapshot_name(job_name, vm_record["name_label"]))
-        client.call("VM.set_name_description", ref, f"Backup snapshot of {vm_record['name_label']} ({stamp})")
-        client.call("VM.set_is_a_template", ref, False)
-        snap = load(client, ref)
+            _set_key(client, "VM", ref, snap.record["other_config"], key, value)
+        names = {
+            "name_label": snapshot_name(job_name, vm_record["name_label"]),
+            "name_description": f"Backup snapshot of {vm_record['name_label']} ({stamp})",
+            "is_a_template": False,
+        }
+        for field, value in names.items():
+            client.call(f"VM.set_{field}", ref, value)
+        snap.record.update(names)
         for disk in snap.disks.values():
             for key, value in {**keys, K_CONTENT: disk["record"]["uuid"]}.items():
-                _set_key(client, "VDI", disk["ref"], key, value)
-            disk["record"]["other_config"].update(keys, **{K_CONTENT: disk["record"]["uuid"]})
-        snap.record["other_config"].update(keys)
+                _set_key(client, "VDI", disk["ref"], disk["record"]["other_config"], key, value)
         return snap
     except BaseException:
         with contextlib.suppress(XapiError):
@@ -101,10 +105,26 @@ def take(client, vm_ref, vm_record, job, schedule_id, job_name, ignore_vdis, tim
         raise
 
 
-def _set_key(client, cls, ref, key, value):
-    with contextlib.suppress(XapiError):
-        client.call(f"{cls}.remove_from_other_config", ref, key)
-    client.call(f"{cls}.add_to_other_config", ref, key, value)
+def _set_key(client, cls, ref, current, key, value):
+    """Set ``key`` in the object's ``other_config``, whose content was last read as ``current`` (updated).
+
+    ``add_to_other_config`` refuses a key that exists, so XO removes each key before adding it: two
+    round trips per key. Most keys are new on a fresh snapshot; they take one, and a key that appeared
+    since ``current`` was read is caught by XAPI's refusal and handled the long way.
+    """
+    if key in current:
+        with contextlib.suppress(XapiError):
+            client.call(f"{cls}.remove_from_other_config", ref, key)
+        client.call(f"{cls}.add_to_other_config", ref, key, value)
+    else:
+        try:
+            client.call(f"{cls}.add_to_other_config", ref, key, value)
+        except XapiError as e:
+            if e.code != "MAP_DUPLICATE_KEY":
+                raise
+            client.call(f"{cls}.remove_from_other_config", ref, key)
+            client.call(f"{cls}.add_to_other_config", ref, key, value)
+    current[key] = value
 
 
 def _block_migration(client, vm_ref):
@@ -126,11 +146,9 @@ def mark_exported(client, snap, chain_length):
     """After a complete transfer: the snapshot may now serve as the next incremental base."""
     values = {K_EXPORTED: "true", K_CHAIN: str(chain_length)}
     for key, value in values.items():
-        _set_key(client, "VM", snap.ref, key, value)
+        _set_key(client, "VM", snap.ref, snap.record["other_config"], key, value)
         for disk in snap.disks.values():
-            _set_key(client, "VDI", disk["ref"], key, value)
-            disk["record"]["other_config"][key] = value
-    snap.record["other_config"].update(values)
+            _set_key(client, "VDI", disk["ref"], disk["record"]["other_config"], key, value)
 
 
 def destroy(client, snap_ref):

@@ -9,9 +9,6 @@ from . import _backup_snapshots as snapshots
 from ._backup_clean import apply_retention
 from ._backup_pipeline import WriterThread
 from ._backup_targets import Target, TargetError, XvaSink, disk_sink
-from ._health_check import health_check
-from ._restore_errors import RestoreInputError
-from ._restore_plan import PoolView
 from ._storage import StorageError
 from ._vhd_errors import VhdError
 from ._vhd_stream_read import VhdStreamReader
@@ -155,6 +152,12 @@ class VmBackup:
         target = next((t for t in self.targets if t.ok and t.backup_id), None)
         if target is None:
             return
+        # The restore code is a sixth of the source this module would compile afresh on every run
+        # (Ansible ships module_utils as source): only a job with a health check pays for it.
+        from ._health_check import health_check  # noqa: PLC0415
+        from ._restore_errors import RestoreInputError  # noqa: PLC0415
+        from ._restore_plan import PoolView  # noqa: PLC0415
+
         hc = self.spec.health_check
         try:
             sr, _ = PoolView(self.client).sr(hc["sr"], "health_check.sr")

@@ -1,0 +1,124 @@
+"""Backup snapshots tagged as Xen Orchestra tags them, against the simulator over HTTPS.
+
+The tags are set with as few round trips as XAPI allows; what the pool holds afterwards and what the
+engine keeps in memory (used later for the metadata and the next base) must agree.
+"""
+
+import pytest
+from xo_fixtures import connect
+
+from ansible_collections.xapi.proxy.plugins.module_utils import _backup_snapshots as snapshots
+from ansible_collections.xapi.proxy.plugins.module_utils._xapi_errors import XapiError
+
+JOB, SCHEDULE = "5f0c3d52-5a9e-4a3e-9b53-0d6c2a6f1e11", "0e1b9bde-7a55-4c36-9e0f-8b7e3c58f2d2"
+
+
+class Counting:
+    """Our XAPI client, with the methods it was asked to call written down."""
+
+    def __init__(self, client):
+        self.client = client
+        self.calls = []
+
+    def call(self, method, *args, **kwargs):
+        self.calls.append(method)
+        return self.client.call(method, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+@pytest.fixture
+def client(tiny):
+    c = connect(tiny)
+    yield Counting(c)
+    c.logout()
+
+
+def disk_vdis(client, vm_ref):
+    vdis = []
+    for vbd in client.call("VM.get_VBDs", vm_ref):
+        rec = client.call("VBD.get_record", vbd)
+        if rec["type"] == "Disk":
+            vdis.append(rec["VDI"])
+    return vdis
+
+
+def take(client, vm_ref):
+    vm = client.call("VM.get_record", vm_ref)
+    return snapshots.take(client, vm_ref, vm, JOB, SCHEDULE, "nightly", [], timeout=60, now=1795000000)
+
+
+def test_a_snapshot_is_tagged_as_xo_does_over_keys_inherited_from_the_vm(client):
+    """A VM restored from a backup (or cloned from a backup snapshot) carries ``xo:backup:*`` keys; its
+    snapshots inherit them, and XAPI refuses to add a key that exists: they must be replaced."""
+    vm_ref = client.call("VM.get_by_name_label", "tiny-01")[0]
+    vm_uuid = client.call("VM.get_uuid", vm_ref)
+    stale = {snapshots.K_JOB: "another-job", snapshots.K_EXPORTED: "true", snapshots.K_DATETIME: "20200101T00:00:00Z"}
+    for key, value in stale.items():
+        client.call("VM.add_to_other_config", vm_ref, key, value)
+        for vdi in disk_vdis(client, vm_ref):
+            client.call("VDI.add_to_other_config", vdi, key, value)
+
+    snap = take(client, vm_ref)
+
+    on_pool = client.call("VM.get_record", snap.ref)
+    expected = {
+        snapshots.K_DATETIME: "20261118T11:06:40Z",
+        snapshots.K_JOB: JOB,
+        snapshots.K_SCHEDULE: SCHEDULE,
+        snapshots.K_VM: vm_uuid,
+        snapshots.K_QCOW2_FIX: "true",
+    }
+    assert {k: on_pool["other_config"].get(k) for k in expected} == expected
+    # The inherited "exported" mark is not ours to change here: the base search skips other jobs' keys.
+    assert on_pool["name_label"] == "[XO Backup nightly] tiny-01"
+    assert on_pool["name_description"] == "Backup snapshot of tiny-01 (20261118T11:06:40Z)"
+    assert on_pool["is_a_template"] is False
+    for field in ("name_label", "name_description", "is_a_template", "other_config"):
+        assert snap.record[field] == on_pool[field], field
+    assert len(snap.disks) == 2
+    for disk in snap.disks.values():
+        vdi_config = client.call("VDI.get_other_config", disk["ref"])
+        assert {k: vdi_config.get(k) for k in expected} == expected
+        assert vdi_config[snapshots.K_CONTENT] == disk["record"]["uuid"]
+        assert disk["record"]["other_config"] == vdi_config
+
+    snapshots.mark_exported(client, snap, 3)
+    on_pool = client.call("VM.get_other_config", snap.ref)
+    assert (on_pool[snapshots.K_EXPORTED], on_pool[snapshots.K_CHAIN]) == ("true", "3")
+    assert snap.record["other_config"] == on_pool
+    for disk in snap.disks.values():
+        assert disk["record"]["other_config"] == client.call("VDI.get_other_config", disk["ref"])
+
+
+def test_a_fresh_snapshot_takes_one_call_per_key(client):
+    vm_ref = client.call("VM.get_by_name_label", "tiny-01")[0]
+    client.calls.clear()
+    snap = take(client, vm_ref)
+    # 5 keys on the VM, 6 on each of its 2 disks: each one add, no remove (XO's way takes two calls each).
+    assert client.calls.count("VM.add_to_other_config") == 5
+    assert client.calls.count("VDI.add_to_other_config") == 12
+    assert not [c for c in client.calls if c.endswith("remove_from_other_config")]
+    client.calls.clear()
+    snapshots.mark_exported(client, snap, 0)
+    assert sorted(client.calls) == ["VDI.add_to_other_config"] * 4 + ["VM.add_to_other_config"] * 2
+
+
+def test_a_key_added_since_the_map_was_read_is_replaced(client):
+    """The map the engine holds may be stale: XAPI's refusal (MAP_DUPLICATE_KEY) is the signal."""
+    vm_ref = client.call("VM.get_by_name_label", "tiny-01")[0]
+    client.call("VM.add_to_other_config", vm_ref, "xo:backup:job", "behind-our-back")
+    current = {}
+    client.calls.clear()
+    snapshots._set_key(client, "VM", vm_ref, current, "xo:backup:job", JOB)
+    assert client.calls == ["VM.add_to_other_config", "VM.remove_from_other_config", "VM.add_to_other_config"]
+    assert client.call("VM.get_other_config", vm_ref)["xo:backup:job"] == JOB
+    assert current == {"xo:backup:job": JOB}
+
+
+def test_other_failures_are_not_mistaken_for_an_existing_key(client):
+    with pytest.raises(XapiError) as e:
+        snapshots._set_key(client, "VM", "OpaqueRef:gone", {}, "xo:backup:job", JOB)
+    assert e.value.code == "HANDLE_INVALID"
+    assert client.calls == ["VM.add_to_other_config"]
