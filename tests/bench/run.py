@@ -45,6 +45,11 @@ here, over 4 x 2 MiB at 1.9 (the ring fits the cache, so the hashing thread read
 thread just wrote from the cache, not from memory). With the smaller ring the module's CPU fell from
 6.5-7.0 s to 5.6-6.2 s, and six runs of this row gave 0.88, 0.93, 0.93, 0.94, 0.95 and 1.01 (module
 726-790 MB/s, curl 722-838: on this shared machine curl's own speed moves by 15 % from run to run).
+Seven later runs (4 rounds each, after fewer XAPI calls per snapshot and a faster module exit) gave
+0.86-0.94 while curl ran at 766-800 MB/s and 1.06-1.10 while it ran at 634-674 (module 672-727).
+``tests/bench/diag_checksum.py`` times the module once more with the checksum's hash taken out: 3.4 s
+against curl's 5.4 and the module's 5.9 (2026-11-27), so the hash is the whole gap on this host, and
+the engine without it runs at 1.6 times curl's speed.
 Under the row, two floors measured in the same run: the hash alone on one core (no pipeline that
 writes Xen Orchestra's checksum ends sooner) and the CPU seconds of the module and the simulator
 divided by the cores (this pipeline on this host). Then the same work done with plain tools,
