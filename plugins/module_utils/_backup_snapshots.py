@@ -84,6 +84,7 @@ def take(client, vm_ref, vm_record, job, schedule_id, job_name, ignore_vdis, tim
     try:
         # Read first: the maps the snapshot inherited say which keys need removing before they are set.
         snap = load(client, ref)
+        _drop_inherited_marks(client, snap)  # before our job's keys: never our job's and "exported" at once
         keys = {K_DATETIME: stamp, K_JOB: job, K_SCHEDULE: schedule_id, K_VM: vm_record["uuid"], K_QCOW2_FIX: "true"}
         for key, value in keys.items():
             _set_key(client, "VM", ref, snap.record["other_config"], key, value)
@@ -103,6 +104,19 @@ def take(client, vm_ref, vm_record, job, schedule_id, job_name, ignore_vdis, tim
         with contextlib.suppress(XapiError):
             destroy(client, ref)
         raise
+
+
+def _drop_inherited_marks(client, snap):
+    """Remove export marks the snapshot copied from its VM (say, a VM cloned from a backup snapshot):
+    they describe another snapshot's export. Left in place, a run killed before the transfer ends would
+    leave a snapshot that looks exported, kept as the next incremental base."""
+    objects = [("VM", snap.ref, snap.record["other_config"])]
+    objects += [("VDI", d["ref"], d["record"]["other_config"]) for d in snap.disks.values()]
+    for cls, ref, current in objects:
+        for key in (K_EXPORTED, K_CHAIN):
+            if key in current:
+                client.call(f"{cls}.remove_from_other_config", ref, key)
+                del current[key]
 
 
 def _set_key(client, cls, ref, current, key, value):
