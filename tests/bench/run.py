@@ -71,8 +71,9 @@ the same transfer made without the engine (curl | boto3), so the ratio is what t
 and checksum cost when everything competes for CPU. Measured 2026-11-27, 2 rounds: 157 MB/s against
 161 (0.98; rounds 0.99 and 0.96); CPU seconds: module 13.2, curl + boto3 10.6, rclone 28.2 and 22.1
 (the 6 s difference is that hash). For scale: boto3 alone uploading the stored XVA 264 MB/s (0.60),
-curl | boto3 without the HEAD 203 MB/s (0.77). Two earlier runs measured the streamed pipeline once
-after the rounds rather than in them: 0.87 and 0.98.
+curl | boto3 without the HEAD 203 MB/s (0.77). Another run, 3 rounds: 0.97 (rounds 0.97, 0.98, 0.97).
+Two earlier runs measured the streamed pipeline once after the rounds rather than in them: 0.87 and
+0.98.
 
 The s3-limited row caps the object store at 100 MiB/s (rclone ``--bwlimit``), like a NAS behind a
 1 Gbit/s link: the storage, not the shared cores, sets the pace, and the row asks whether the engine
