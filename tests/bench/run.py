@@ -28,12 +28,12 @@ how steady the headline is.
 
 The SMB and S3 rows back up the same VM to a real Samba and ``rclone serve s3`` (tests/servers.py;
 skipped with the reason when a server cannot start), against the same client library the remote uses
-uploading the same bytes. The SMB baseline and the capped S3 row's upload the XVA that the file:// row
-wrote: smbprotocol's ``smbclient`` in 4 MiB writes then an SMB2 FLUSH, and boto3 as one multipart
-upload with the backup's 5 MiB parts, one part at a time, as the remote sends them. The uncapped S3
-row's baseline is the backup's own work without the engine: ``curl /export`` piped into boto3 reading
-stdin, with the same parts. So the ratios are what the engine adds on top of the storage protocol
-(reading XAPI, the hash, the pipeline). The storage servers' CPU is not counted in either column;
+uploading the same bytes. The SMB row and the capped S3 row upload the XVA that the file:// row wrote:
+smbprotocol's ``smbclient`` in 4 MiB writes then an SMB2 FLUSH, and boto3 as one multipart upload with
+the backup's 5 MiB parts, one part at a time, as the remote sends them. The uncapped S3 row's baseline
+is the backup's own work without the engine: ``curl /export`` piped into boto3 reading stdin, with the
+same parts. So each ratio is what the engine adds on top of the storage protocol (the hash and the
+pipeline, and for the first two, reading XAPI too). The storage servers' CPU is not counted in either column;
 rclone's is printed under the S3 rows (Samba forks a process per connection, which is not measured).
 
 What limits the file:// row on a 2-core host (measured 2026-11-27, 4.3 GB XVA): the module's default
