@@ -258,15 +258,15 @@ class RcloneS3Server:
         if not self.small_mounted:
             small.rmdir()
         (self.base / "rclone.conf").write_text("")
-        tls = ["--bwlimit", self.bwlimit] if self.bwlimit else []
+        options = ["--bwlimit", self.bwlimit] if self.bwlimit else []
         if self.tls:  # a self-signed certificate for 127.0.0.1, which is its own CA
             from xapisim.tls import certificate  # noqa: PLC0415
 
             self.ca_path, _ = certificate(self.base / "tls", ["127.0.0.1"])
-            tls = ["--cert", str(self.ca_path), "--key", str(self.base / "tls" / "key.pem")]
+            options += ["--cert", str(self.ca_path), "--key", str(self.base / "tls" / "key.pem")]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [self.binary, "serve", "s3", "--config", str(self.base / "rclone.conf"), *tls,
+                [self.binary, "serve", "s3", "--config", str(self.base / "rclone.conf"), *options,
                  "--addr", f"127.0.0.1:{self.port}", "--auth-key", f"{S3_KEY},{S3_SECRET}", str(self.root)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
