@@ -19,9 +19,11 @@ import threading
 
 _STOP = object()
 # A streamed export's buffers: 2 MiB pieces (few calls per byte; hashlib and the TLS layer release the
-# GIL for each) and four of them (reading, hashing and writing each hold one): 8 MiB in all. Small
-# enough that a piece the reader just filled is still in the CPU's cache when the other thread hashes
-# it: SHA-256 over a ring of 4 x 2 MiB ran at 1.9 GB/s on the 2-core test host, over 6 x 4 MiB at 1.25.
+# GIL for each) and four of them (reading, hashing and writing each hold one): 8 MiB in all. The hash
+# is fastest on bytes still in its own core's cache: on the 2-core test host SHA-256 ran at 1.9 GB/s when
+# the scheduler put both threads on one core, 1.2-1.35 on bytes another core had just written, whatever
+# the ring (tests/bench/diag_hash_placement.py). Rings of 6 or 8 pieces, or of 4 MiB ones, made the full
+# backup no faster there.
 PIECE_SIZE = 2 << 20
 PIECES = 4
 

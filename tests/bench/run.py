@@ -40,17 +40,29 @@ What limits the file:// row on a 2-core host (measured 2026-11-27, 4.3 GB XVA): 
 ``checksum: auto`` hashes with SHA-256 where the CPU has SHA instructions (this one does), 2.3 s of
 one core for the ``.xva.checksum`` at best; MD5 took 5.4 s. The module reads XAPI's TLS stream in
 one thread, hashes in a second and writes in a third, while the simulator (3.0-3.2 CPU s, XAPI's
-work, on the proxy's cores only in this benchmark) serves it; curl needs 3.8-4.3 CPU seconds. The
-hash is sensitive to where its bytes are: SHA-256 over a ring of 6 x 4 MiB buffers ran at 1.25 GB/s
-here, over 4 x 2 MiB at 1.9 (the ring fits the cache, so the hashing thread reads what the reading
-thread just wrote from the cache, not from memory). With the smaller ring the module's CPU fell from
-6.5-7.0 s to 5.6-6.2 s, and six runs of this row gave 0.88, 0.93, 0.93, 0.94, 0.95 and 1.01 (module
-726-790 MB/s, curl 722-838: on this shared machine curl's own speed moves by 15 % from run to run).
-Seven later runs (4 rounds each, after fewer XAPI calls per snapshot and a faster module exit) gave
-0.86-0.94 while curl ran at 766-800 MB/s and 1.06-1.10 while it ran at 634-674 (module 672-727).
-``tests/bench/diag_checksum.py`` times the module once more with the checksum's hash taken out: 3.4 s
-against curl's 5.4 and the module's 5.9 (2026-11-27), so the hash is the whole gap on this host, and
-the engine without it runs at 1.6 times curl's speed.
+work, on the proxy's cores only in this benchmark) serves it; curl needs 3.8-4.3 CPU seconds. With a
+ring of 4 x 2 MiB buffers rather than 6 x 4 MiB the module's CPU fell from 6.5-7.0 s to 5.6-6.2 s, and
+six runs of this row gave 0.88, 0.93, 0.93, 0.94, 0.95 and 1.01 (module 726-790 MB/s, curl 722-838: on
+this shared machine curl's own speed moves by 15 % from run to run). Seven later runs (4 rounds each,
+after fewer XAPI calls per snapshot and a faster module exit) gave 0.86-0.94 while curl ran at 766-800
+MB/s and 1.06-1.10 while it ran at 634-674 (module 672-727); another, 0.92 (rounds 0.96, 0.91, 0.92,
+0.91; module 743 MB/s, curl 811). ``tests/bench/diag_checksum.py`` times the module once more with the
+checksum's hash taken out: 3.4 s against curl's 5.4 and the module's 5.9 (2026-11-27), so the hash is
+the whole gap on this host, and the engine without it runs at 1.6 times curl's speed.
+Where the hash's time goes (2026-11-27). The module and the simulator need 9.3 CPU seconds together,
+curl and the simulator 7.2; two cores would do the module's run in 4.7 s, but it takes 5.8 because a
+quarter of the cores stays idle (the ``cores idle meanwhile`` line: 25-30 % for the module, 36-42 %
+for curl, whose client is one thread). ``perf sched`` counts that idle time as scheduling delay:
+threads ready to run while the other virtual CPU sleeps (in one 5.8 s run: the reader 0.8 s, the hash
+0.6, the writer 1.1, the simulator 0.3), on a VM whose kernel halts an idle CPU without polling first.
+And in the pipeline the hash takes 2.5-2.6 CPU seconds, not 2.2: on bytes another core has just written
+SHA-256 runs at 1.2 GB/s instead of 1.9 (``tests/bench/diag_hash_placement.py``). Tried against the
+shipped module in alternating rounds, none better: two threads taking turns at reading and hashing
+(each hashes what it just read, in its own cache; 0.78-0.81 where the module made 0.91), hashing and
+writing in one thread, with or without O_DIRECT (0.86-0.95 against 0.90-0.91), rings of 8 x 2 or
+8 x 4 MiB, threads pinned to CPUs, hashing and writing threads that spin before they sleep
+(0.77-0.94 against 0.93), a shorter GIL switch interval; and, on the simulator's side, no per-chunk
+xxhash, or Nagle on the export (no change beyond the run-to-run noise).
 Under the row, two floors measured in the same run: the hash alone on one core (no pipeline that
 writes Xen Orchestra's checksum ends sooner) and the CPU seconds of the module and the simulator
 divided by the cores (this pipeline on this host). Then the same work done with plain tools,
@@ -236,20 +248,27 @@ def curl(sim, path, query, out, pipe=None, tee=None):
     return time.monotonic() - start
 
 
+def idle_ticks():
+    """(idle or waiting for I/O, all) clock ticks of every CPU since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(t) for t in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    return ticks[3] + ticks[4], sum(ticks)
+
+
 class Best:
-    """The fastest of several timed runs of one kind, with the CPU seconds of that run (``walls``: every
-    run's time, in order)."""
+    """The fastest of several timed runs of one kind, with the CPU seconds of that run and the share of
+    the machine's cores left idle meanwhile (``walls``: every run's time, in order)."""
 
     def __init__(self):
         self.wall = None
-        self.cpu = self.sim_cpu = 0.0
+        self.cpu = self.sim_cpu = self.idle = 0.0
         self.result = None
         self.walls = []
 
-    def add(self, wall, cpu, sim_cpu, result=None):
+    def add(self, wall, cpu, sim_cpu, result=None, idle=0.0):
         self.walls.append(wall)
         if self.wall is None or wall < self.wall:
-            self.wall, self.cpu, self.sim_cpu, self.result = wall, cpu, sim_cpu, result
+            self.wall, self.cpu, self.sim_cpu, self.result, self.idle = wall, cpu, sim_cpu, result, idle
 
 
 def rounds(n, sim, kinds):
@@ -259,9 +278,11 @@ def rounds(n, sim, kinds):
     for i in range(n):
         for name in names if i % 2 == 0 else names[::-1]:
             os.sync()  # the previous run's dirty pages are not this run's to write
-            before = process_cpu(sim.proc.pid)
+            before, (idle0, all0) = process_cpu(sim.proc.pid), idle_ticks()
             wall, cpu, result = kinds[name]()
-            best[name].add(wall, cpu, process_cpu(sim.proc.pid) - before, result)
+            idle1, all1 = idle_ticks()
+            idle = (idle1 - idle0) / max(all1 - all0, 1)
+            best[name].add(wall, cpu, process_cpu(sim.proc.pid) - before, result, idle)
     return best
 
 
@@ -281,6 +302,9 @@ def cpu_line(label, ours, base, base_name, base_extra=None):
     baseline run, when the row judges against more than the baseline's own time)."""
     print(f"  {'cpu s: ' + label:42s} {ours.cpu:>13.1f}s {base.cpu:>15.1f}s   simulator "
           f"{ours.sim_cpu:.1f}s / {base.sim_cpu:.1f}s ({base_name})", flush=True)  # fmt: skip
+    # Cores nobody used during those runs: work that waits on other work (a pipeline's hand-offs, a
+    # serial client's round trips) leaves them idle, and so does a slow wake-up of an idle virtual CPU.
+    print(f"  {'cores idle meanwhile':42s} {ours.idle:>13.0%} {base.idle:>15.0%}", flush=True)
     if len(ours.walls) > 1:
         # Both sides of a round run back to back, so a round's ratio sees the machine in one state; on a
         # shared host, their median says how steady the headline (best against best) is.
