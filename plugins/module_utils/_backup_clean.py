@@ -8,6 +8,7 @@ data, so a run killed mid-merge is finished by the next one and the chain stays 
 from __future__ import annotations
 
 import contextlib
+import json
 import posixpath
 
 from ._retention import select_old_backups
@@ -17,7 +18,7 @@ from ._vhd_directory import is_alias, open_alias, read_alias, remote_vhd_opener
 from ._vhd_directory_merge import merge_vhd_directory
 from ._vhd_errors import VhdError
 from ._vhd_file import VhdFile
-from ._vhd_merge import merge_vhd
+from ._vhd_merge import _CLEANUP_STEPS, merge_vhd
 from ._xo_cache import write_cache
 from ._xo_clean_plan import plan_clean_vm, resolve_parent
 from ._xo_layout import is_metadata_name, is_temp_name, merge_state_path, vdis_dir, vm_backup_dir
@@ -44,10 +45,14 @@ class Survey:
                 self.temp_files.append(path)
                 continue
             if is_metadata_name(name):
+                # Only what the file says can make a backup invalid (and invalid metadata is deleted):
+                # a read that failed (timeout, I/O error) aborts the clean, and the next run retries it.
                 try:
                     self.backups[path] = parse_metadata(storage.read_bytes(path), path)
-                except (MetadataError, StorageError) as e:
+                except MetadataError as e:
                     self.invalid[path] = str(e)
+                except NotFoundError:
+                    continue  # gone since the listing
             else:
                 try:
                     st = storage.stat(path)
@@ -68,8 +73,12 @@ class Survey:
                     path = f"{folder}/{name}"
                     if name.startswith(".") and name.endswith(".merge.json"):
                         try:
-                            self.merge_states[path] = storage.read_json(path)
-                        except (StorageError, ValueError):
+                            data = storage.read_bytes(path)
+                        except NotFoundError:
+                            continue
+                        try:
+                            self.merge_states[path] = json.loads(data.decode("utf-8"))
+                        except ValueError:  # e.g. cut short by a kill: the merge is planned again from the VHDs
                             self.merge_states[path] = {}
                     elif is_temp_name(name):
                         self.temp_files.append(path)
@@ -156,15 +165,29 @@ def plan(storage, vm_uuid, delete=()):
     return survey, result
 
 
-def apply_retention(storage, vm_uuid, spec, on_progress=None):
-    """Drop what retention says, merge orphans into their children, clean; returns a summary."""
+def apply_retention(storage, vm_uuid, spec, on_progress=None, keep=None):
+    """Drop what retention says, merge orphans into their children, clean; returns a summary.
+
+    ``keep``: the backup this run just wrote. Retention never removes it; if the clean-up would (its
+    files found broken), nothing is deleted and :class:`RetentionRefused` says why.
+    """
     survey = Survey(storage, vm_uuid)
-    return clean(storage, vm_uuid, delete=old_backups(survey, spec), on_progress=on_progress)
+    return clean(storage, vm_uuid, delete=old_backups(survey, spec), on_progress=on_progress, keep=keep)
 
 
-def clean(storage, vm_uuid, delete=(), on_progress=None):
+class RetentionRefused(ValueError):
+    """The clean-up plan would delete the backup just written: a run must fail, not report it made."""
+
+
+def clean(storage, vm_uuid, delete=(), on_progress=None, keep=None):
     """Carry out the clean-up plan. Call it holding the VM's lock on ``storage``."""
     survey, the_plan = plan(storage, vm_uuid, delete)
+    doomed = next((a for a in the_plan.actions if a.kind == "delete_metadata" and a.path == keep), None)
+    if doomed is not None:
+        raise RetentionRefused(
+            f"the clean-up would delete the backup this run just wrote, {keep} ({doomed.reason}); nothing was "
+            "deleted. Check the remote's files for this VM (backup_info with verify: true lists what is wrong)."
+        )
     done = {"removed": [], "merged": [], "deleted_files": [], "warnings": list(the_plan.warnings)}
     for path in survey.temp_files:
         storage.delete(path, missing_ok=True)
@@ -184,11 +207,14 @@ def clean(storage, vm_uuid, delete=(), on_progress=None):
                 storage.delete_tree(action.data)
             done["deleted_files"].append(action.path)
         elif kind in ("merge", "resume_merge"):
+            state_path = action.state or merge_state_path(action.chain[0])
             size = _merge(storage, action, survey.merge_states.get(action.state) if action.state else None, on_progress)
             for bid in action.backups:
                 if bid in survey.backups:
                     survey.backups[bid] = mark_merged(survey.backups[bid], _backup_size(storage, bid, survey, size))
                     storage.write_bytes(bid, dump_metadata(survey.backups[bid]))
+            # Last: until the metadata says "merged", a killed run's successor finishes from this state.
+            storage.delete(state_path, missing_ok=True)
             done["merged"].append({"into": action.path, "chain": list(action.chain)})
         elif kind == "delete_dir":
             storage.delete_tree(action.path)
@@ -226,7 +252,7 @@ def _merge(storage, action, state, on_progress):
         parent_path = chain[0]
     if is_alias(parent_path):
         state = _merge_directory(storage, chain, state, state_path, on_progress)
-    elif state is None or state.get("step") != "cleanup":
+    elif state is None or state.get("step") not in _CLEANUP_STEPS:
         children = chain[1:]
         with storage.open_update(parent_path) as pfile:
             parent = VhdFile(pfile, parent_path)
@@ -264,7 +290,6 @@ def _merge(storage, action, state, on_progress):
     keep = _alias_target(storage, target)
     for path in chain[1:-1]:
         _delete_vhd(storage, path, keep)
-    storage.delete(state_path, missing_ok=True)
     if is_alias(target):
         return int(state.get("mergedDataSize") or 0)  # XO's size of a merged VHD directory
     return storage.stat(target).size
@@ -272,7 +297,7 @@ def _merge(storage, action, state, on_progress):
 
 def _merge_directory(storage, chain, state, state_path, on_progress):
     """Block-moving merge of VHD directories (children may be files); returns the final state."""
-    if state is not None and state.get("step") == "cleanup":
+    if state is not None and state.get("step") in _CLEANUP_STEPS:
         return state
     opener = remote_vhd_opener(storage)
     parent = open_alias(storage, chain[0])

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import _backup_snapshots as snapshots
 from ._backup_clean import old_backups, plan
 from ._backup_progress import JobLock, Progress
+from ._backup_targets import find_base_vhd
 from ._backup_vm import VmBackup
 from ._remote_options import DEFAULT_REMOTES_DIR, open_storage, resolve
 from ._storage import StorageError
@@ -91,6 +92,13 @@ class BackupJob:
                 reason = f"full_interval {self.spec.full_interval} reached ({chain} deltas since the last full)"
             else:
                 mode, reason = "incremental", f"delta on top of snapshot {base.uuid} ({chain} deltas so far)"
+                # As the run decides, per disk and remote: a disk whose base VHD (or one of its ancestors)
+                # is not on every remote goes full, and the VM is incremental while any disk is not.
+                fulls = self._disks_without_base(vm, base, storages)
+                if len(fulls) == len(disks):
+                    mode, reason = "full", "; ".join(fulls)
+                elif fulls:
+                    reason += "; " + "; ".join(fulls)
         retention = {}
         for storage in storages:
             try:
@@ -116,6 +124,24 @@ class BackupJob:
             "estimated_bytes": full_bytes,
             "retention": retention,
         }
+
+    def _disks_without_base(self, vm, base, storages):
+        """Why each of ``vm``'s backed-up disks would go full although ``base`` exists (none: all delta)."""
+        reasons = []
+        for disk in vm["disks"]:
+            name = disk["name_label"]
+            if name.startswith(NO_BACKUP_DISK_PREFIX):
+                continue
+            base_disk = base.disks.get(disk["uuid"])
+            if base_disk is None:
+                reasons.append(f"disk {name!r} is new since the base")
+                continue
+            base_uuid = base_disk["record"]["uuid"]
+            for storage in storages:
+                if find_base_vhd(storage, vm["uuid"], self.spec.job_id, disk["uuid"], base_uuid) is None:
+                    reasons.append(f"disk {name!r}: its base, or a VHD it depends on, is missing on {storage.display}")
+                    break
+        return reasons
 
     # -- run ----------------------------------------------------------------------------------------
     def run(self, client, progress_dir):

@@ -85,6 +85,7 @@ def take(client, vm_ref, vm_record, job, schedule_id, job_name, ignore_vdis, tim
         # Read first: the maps the snapshot inherited say which keys need removing before they are set.
         snap = load(client, ref)
         _drop_inherited_marks(client, snap)  # before our job's keys: never our job's and "exported" at once
+        _drop_inherited_block(client, snap)
         keys = {K_DATETIME: stamp, K_JOB: job, K_SCHEDULE: schedule_id, K_VM: vm_record["uuid"], K_QCOW2_FIX: "true"}
         for key, value in keys.items():
             _set_key(client, "VM", ref, snap.record["other_config"], key, value)
@@ -117,6 +118,16 @@ def _drop_inherited_marks(client, snap):
             if key in current:
                 client.call(f"{cls}.remove_from_other_config", ref, key)
                 del current[key]
+
+
+def _drop_inherited_block(client, snap):
+    """Unblock migration on the snapshot: it copied the block this run put on its VM, and an XVA export
+    of it would carry the block into every VM restored from it."""
+    blocked = snap.record.get("blocked_operations") or {}
+    for op in MIGRATE_OPS:
+        if blocked.get(op) == MIGRATE_REASON:
+            client.call("VM.remove_from_blocked_operations", snap.ref, op)
+            del blocked[op]
 
 
 def _set_key(client, cls, ref, current, key, value):
@@ -221,15 +232,12 @@ def base_snapshot(client, vm_record, job):
     return None
 
 
-def to_remove(snapshots, retention, keep=()):
-    """Refs of snapshots beyond the newest ``retention`` per schedule, sparing ``keep``.
+def to_remove(snapshots, retention, schedule, keep=()):
+    """Refs of ``schedule``'s snapshots beyond its newest ``retention``, sparing ``keep``.
 
-    ``snapshots`` are ``(ref, record)`` oldest first, as :func:`job_snapshots` returns them.
+    ``snapshots`` are ``(ref, record)`` oldest first, as :func:`job_snapshots` returns them. As in Xen
+    Orchestra, each schedule keeps as many snapshots as its own settings say: a run knows only its own
+    schedule's count, so it leaves the other schedules' snapshots to their runs.
     """
-    by_schedule = {}
-    for ref, rec in snapshots:
-        by_schedule.setdefault(rec["other_config"].get(K_SCHEDULE), []).append(ref)
-    doomed = []
-    for refs in by_schedule.values():
-        doomed += refs[: max(0, len(refs) - retention)]
-    return [r for r in doomed if r not in keep]
+    mine = [ref for ref, rec in snapshots if rec["other_config"].get(K_SCHEDULE) == schedule]
+    return [r for r in mine[: max(0, len(mine) - retention)] if r not in keep]

@@ -15,9 +15,11 @@ from ._storage import LOCK_STALE_SECONDS, LockedError, StorageError
 from ._vhd_directory import DEFAULT_COMPRESSION, is_alias, open_alias
 from ._vhd_directory_write import VhdDirectoryWriter, uses_vhd_directory
 from ._vhd_errors import VhdError
+from ._vhd_file import VhdFile
 from ._vhd_format import FOOTER_SIZE, Footer, uuid_str
 from ._vhd_stream_write import VhdWriter
 from ._xo_cache import update_cache
+from ._xo_clean_plan import resolve_parent
 from ._xo_layout import (
     metadata_path,
     vdis_dir,
@@ -83,37 +85,8 @@ class Target:
 
     # -- incremental bases -------------------------------------------------------------------------
     def find_base_vhd(self, job_id, live_vdi_uuid, base_vdi_uuid):
-        """Name of the VHD (in ``vdis/<job>/<vdi>/``) whose footer uuid is the base snapshot VDI, or None.
-
-        XO's ``checkBaseVdis``: a base counts only if its data is on this remote.
-        """
-        directory = vdis_dir(self.vm_uuid, job_id, live_vdi_uuid)
-        try:
-            names = self.storage.list(directory, missing_ok=True)
-        except StorageError:
-            return None
-        # XO's isMergeableParent: on a VHD-directory remote only a directory compressed as XO writes them
-        # can be a base (a VHD file left from before the switch, in either direction, means a full).
-        directories = uses_vhd_directory(self.storage)
-        for name in sorted((n for n in names if n.endswith(".vhd") and not n.startswith(".")), reverse=True):
-            if is_alias(name) != directories:
-                continue
-            try:
-                footer = self._footer(f"{directory}/{name}")
-            except (StorageError, VhdError, OSError):
-                continue
-            if uuid_str(footer.uuid) == base_vdi_uuid:
-                return name, footer.timestamp
-        return None
-
-    def _footer(self, path):
-        if is_alias(path):
-            vhd = open_alias(self.storage, path)
-            if vhd.codec.name != DEFAULT_COMPRESSION:
-                raise VhdError(f"blocks compressed with {vhd.codec.name}, not {DEFAULT_COMPRESSION}", path)
-            return vhd.footer
-        with self.storage.open_read(path) as fh:
-            return Footer.parse(fh.pread(0, FOOTER_SIZE), path, 0)
+        """See :func:`find_base_vhd`, on this target's remote."""
+        return find_base_vhd(self.storage, self.vm_uuid, job_id, live_vdi_uuid, base_vdi_uuid)
 
     # -- metadata -----------------------------------------------------------------------------------
     def write_metadata(self, when, metadata):
@@ -124,6 +97,63 @@ class Target:
         with contextlib.suppress(StorageError):  # the cache is an optimisation XO rebuilds itself
             update_cache(self.storage, self.vm_uuid, add={path: metadata})
         return path
+
+
+def find_base_vhd(storage, vm_uuid, job_id, live_vdi_uuid, base_vdi_uuid):
+    """``(name, timestamp)`` of the VHD in ``vdis/<job>/<vdi>/`` whose footer uuid is the base snapshot's
+    VDI, or None: XO's ``checkBaseVdis``, a base counts only if its data is on this remote.
+    """
+    directory = vdis_dir(vm_uuid, job_id, live_vdi_uuid)
+    try:
+        names = storage.list(directory, missing_ok=True)
+    except StorageError:
+        return None
+    # XO's isMergeableParent: on a VHD-directory remote only a directory compressed as XO writes them
+    # can be a base (a VHD file left from before the switch, in either direction, means a full).
+    directories = uses_vhd_directory(storage)
+    for name in sorted((n for n in names if n.endswith(".vhd") and not n.startswith(".")), reverse=True):
+        if is_alias(name) != directories:
+            continue
+        try:
+            footer = _footer(storage, f"{directory}/{name}")
+        except (StorageError, VhdError, OSError):
+            continue
+        if uuid_str(footer.uuid) == base_vdi_uuid:
+            # A delta on a base whose own ancestors are gone could never be restored, and the
+            # retention that follows would delete it with them: then a full it is.
+            return (name, footer.timestamp) if _chain_intact(storage, f"{directory}/{name}") else None
+    return None
+
+
+def _chain_intact(storage, path):
+    """Whether the VHD at ``path`` and each of its ancestors, up to its full, open on ``storage``."""
+    seen = set()
+    while path not in seen:
+        seen.add(path)
+        try:
+            if is_alias(path):
+                vhd = open_alias(storage, path)
+            else:
+                with storage.open_read(path) as fh:
+                    vhd = VhdFile(fh, path, fh.size)
+        except (StorageError, VhdError, OSError):
+            return False
+        if not vhd.is_differencing:
+            return True
+        path = resolve_parent(path, vhd.parent_name)
+        if path is None:
+            return False
+    return False  # a parent loop
+
+
+def _footer(storage, path):
+    if is_alias(path):
+        vhd = open_alias(storage, path)
+        if vhd.codec.name != DEFAULT_COMPRESSION:
+            raise VhdError(f"blocks compressed with {vhd.codec.name}, not {DEFAULT_COMPRESSION}", path)
+        return vhd.footer
+    with storage.open_read(path) as fh:
+        return Footer.parse(fh.pread(0, FOOTER_SIZE), path, 0)
 
 
 class XvaSink:

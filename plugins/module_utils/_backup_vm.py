@@ -138,7 +138,7 @@ class VmBackup:
         for t in self.targets:
             if t.ok:
                 try:
-                    t.retention = apply_retention(t.storage, self.uuid, self.spec)
+                    t.retention = apply_retention(t.storage, self.uuid, self.spec, keep=t.backup_id)
                 except (StorageError, VhdError, ValueError) as e:
                     # The new backup is safe; only the clean-up failed, and the next run retries it.
                     t.fail("retention", e)
@@ -235,7 +235,7 @@ class VmBackup:
         existing = snapshots.job_snapshots(self.client, self.vm, self.spec.job_id)
         # The newest snapshot is the next incremental's base: it stays whatever the retention says.
         keep = [snap.ref] if self.spec.mode == "incremental" else []
-        for ref in snapshots.to_remove(existing, self.spec.snapshot_retention, keep):
+        for ref in snapshots.to_remove(existing, self.spec.snapshot_retention, self.spec.schedule_id, keep):
             with contextlib.suppress(XapiError):
                 snapshots.destroy(self.client, ref)
 
@@ -320,7 +320,8 @@ class VmBackup:
                 for t in sinks_by_target:
                     found = t.find_base_vhd(self.spec.job_id, live_uuid, base_uuid)
                     if found is None:
-                        reasons.append(f"disk {disk['record']['name_label']!r}: its base is missing on {t.label}")
+                        name = disk["record"]["name_label"]
+                        reasons.append(f"disk {name!r}: its base, or a VHD it depends on, is missing on {t.label}")
                         base_disk = None
                         break
                     parents[t] = (found[0], found[1], base_uuid)

@@ -33,6 +33,7 @@ import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
+from ansible_collections.xapi.proxy.plugins.module_utils._vhd_merge import _CLEANUP_STEPS
 from ansible_collections.xapi.proxy.plugins.module_utils._xo_layout import CACHE_NAME, is_temp_name, vm_backup_dir
 from ansible_collections.xapi.proxy.plugins.module_utils._xo_metadata import vhd_remote_paths, xva_remote_path
 
@@ -143,7 +144,7 @@ def plan_clean_vm(
     for bid, why in deleted.items():
         actions.append(Action("delete_metadata", bid, why))
 
-    pinned = _interrupted_merges(merge_states or {}, vm_dir, vhds, remove, actions, warnings)
+    pinned = _interrupted_merges(merge_states or {}, vm_dir, vhds, referenced, remove, actions, warnings)
     results = _plan_unused(vhds, broken, referenced, pinned, merge, warnings)
     doomed = set()
     for path, result in results.items():
@@ -255,15 +256,11 @@ def _check_backups(backups, deleted, vhds, broken, files, remove, warnings):
                 deleted[bid] = f"disk unusable: {'; '.join(problems)}"
 
 
-def _interrupted_merges(states, vm_dir, vhds, remove, actions, warnings) -> set:
+def _interrupted_merges(states, vm_dir, vhds, referenced, remove, actions, warnings) -> set:
     pinned = set()
     for state_path, state in sorted(states.items()):
         directory, name = posixpath.split(state_path)
         parent = posixpath.join(directory, name[1 : -len(".merge.json")])
-        if parent not in vhds:
-            if remove:
-                actions.append(Action("delete_merge_state", state_path, f"{parent} no longer exists"))
-            continue
         chain = []
         for item in (state.get("chain") or []) if isinstance(state, Mapping) else []:
             for joined in (posixpath.join(directory, item), posixpath.join(vm_dir, item), item):
@@ -271,12 +268,31 @@ def _interrupted_merges(states, vm_dir, vhds, remove, actions, warnings) -> set:
                 if candidate in vhds:
                     chain.append(candidate)
                     break
-        if not chain:
-            warnings.append(f"{state_path}: interrupted merge without a usable chain; the engine must inspect it")
-        chain = chain or [parent]
+        if parent not in vhds:
+            if chain and isinstance(state, Mapping) and state.get("step") in _CLEANUP_STEPS:
+                # Killed after the parent took the newest child's name: only the folded-in children
+                # and the backups' post-merge metadata are left to do.
+                pinned.update(chain)
+                backups = tuple(sorted(referenced.get(chain[-1], ())))
+                why, kind = "interrupted merge, finishing its clean-up", "resume_merge"
+                actions.append(Action(kind, chain[-1], why, chain=tuple(chain), backups=backups, state=state_path))
+            elif remove:
+                actions.append(Action("delete_merge_state", state_path, f"{parent} no longer exists"))
+            continue
+        if len(chain) < 2:
+            # Unreadable, or names no child: which merge it was cannot be known. A VHD file merge starts
+            # again from the VHDs as they are (it rewrites the parent's blocks from the child, so a
+            # partly done one is simply done again); a directory merge that had already moved blocks
+            # then fails with the block that is missing, rather than losing the state's file silently.
+            warnings.append(f"{state_path}: interrupted merge whose state names no chain; planned again from the VHDs")
+            if remove:
+                actions.append(Action("delete_merge_state", state_path, "its state names no chain"))
+            continue
         pinned.update(chain)
         pinned.add(parent)
-        actions.append(Action("resume_merge", chain[-1], "interrupted merge", chain=tuple(chain), state=state_path))
+        backups = tuple(sorted(referenced.get(chain[-1], ())))  # their size is rewritten once it is done
+        why, kind = "interrupted merge", "resume_merge"
+        actions.append(Action(kind, chain[-1], why, chain=tuple(chain), backups=backups, state=state_path))
     return pinned
 
 

@@ -221,6 +221,8 @@ def test_a_merge_killed_at_any_step_is_finished_by_the_next_run(tiny, tmp_path, 
     counting, calls = killed_after(storage, None)
     assert clean(counting, vm_uuid, delete=[ids[0]])["merged"]
     steps = calls["count"]
+    # What a merge that was never interrupted leaves in the metadata (XO's post-merge size and kind).
+    merged = {bid: {k: metadata(remote, bid)[k] for k in ("size", "isVhdDifferencing")} for bid in ids[1:]}
     assert steps > 10
     for n in range(steps):
         remote, storage = fresh()
@@ -236,6 +238,8 @@ def test_a_merge_killed_at_any_step_is_finished_by_the_next_run(tiny, tmp_path, 
         for bid in ids[1:]:
             assert remote_disk_hashes(remote, bid) == expected[bid], f"killed at step {n}: {bid} changed"
             assert verify_backup(storage, bid) == [], f"killed at step {n}"
+            got = {k: metadata(remote, bid)[k] for k in merged[bid]}
+            assert got == merged[bid], f"killed at step {n}: {bid}'s metadata"
         for folder in {posixpath_dir(v) for v in metadata(remote, ids[-1])["vhds"].values()}:
             names = os.listdir(remote / "xo-vm-backups" / vm_uuid / folder)
             assert not [n for n in names if n.endswith(".merge.json")], f"killed at step {n}: {names}"

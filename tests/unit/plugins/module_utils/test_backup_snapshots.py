@@ -90,6 +90,11 @@ def test_a_snapshot_is_tagged_as_xo_does_over_keys_inherited_from_the_vm(client)
     assert on_pool["name_label"] == "[XO Backup nightly] tiny-01"
     assert on_pool["name_description"] == "Backup snapshot of tiny-01 (20261118T11:06:40Z)"
     assert on_pool["is_a_template"] is False
+    # The VM's migration is blocked while it is backed up; its snapshot, exported and restored, must not be.
+    assert client.call("VM.get_blocked_operations", vm_ref) == dict.fromkeys(
+        snapshots.MIGRATE_OPS, snapshots.MIGRATE_REASON
+    )
+    assert on_pool["blocked_operations"] == {}
     assert snap.record == on_pool  # what the metadata's vmSnapshot and the next base are built from
     assert len(snap.disks) == 2
     for disk in snap.disks.values():
@@ -112,13 +117,15 @@ def test_a_fresh_snapshot_takes_one_call_per_key(client):
     vm_ref = client.call("VM.get_by_name_label", "tiny-01")[0]
     client.calls.clear()
     snap = take(client, vm_ref)
-    # After the snapshot task: one read of the snapshot and its disks, then 5 keys on the VM, its name,
-    # and 6 keys on each of its 2 disks, each one add (XO's way removes each key first: 17 calls more).
+    # After the snapshot task: one read of the snapshot and its disks, the migration block it copied from
+    # its VM lifted, then 5 keys on the VM, its name, and 6 keys on each of its 2 disks, each one add (XO's
+    # way removes each key first: 17 calls more).
     calls = client.calls
     after_task = calls[calls.index("VM.get_record", calls.index("Async.VM.snapshot")) :]
     assert after_task == [
         "VM.get_record",
         *["VBD.get_record", "VDI.get_record", "VDI.get_uuid"] * 2,
+        *["VM.remove_from_blocked_operations"] * 2,
         *["VM.add_to_other_config"] * 5,
         "VM.set_name_label",
         "VM.set_name_description",

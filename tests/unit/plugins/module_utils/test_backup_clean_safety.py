@@ -1,0 +1,170 @@
+"""Retention and clean-up on damaged or flaky remotes: a valid backup is never deleted, the one a run
+just wrote least of all, and snapshots are counted per schedule."""
+
+import os
+from pathlib import Path
+
+import pytest
+from backup_checks import backups_of, metadata, remote_disk_hashes
+from module_runner import run_module
+from test_backup_retention import live_disks, module_args
+
+from ansible_collections.xapi.proxy.plugins.module_utils._backup_clean import RetentionRefused, clean
+from ansible_collections.xapi.proxy.plugins.module_utils._storage import StorageError, open_remote
+
+MiB = 1 << 20
+
+
+def backup(sim, remote, tmp_path, **extra):
+    rc, result = run_module("backup", module_args(sim, remote, tmp_path, **extra))
+    assert rc == 0, result.get("msg") if result else result
+    (vm,) = result["vms"]
+    assert vm["status"] == "success", vm
+    return vm
+
+
+def disk_ref(md, live_uuid):
+    """The VDI ref a backup's metadata uses for the live disk ``live_uuid``."""
+    (ref,) = [ref for ref, vdi in md["vdis"].items() if vdi["$snapshot_of$uuid"] == live_uuid]
+    return ref
+
+
+def disk_vhd(remote, backup_id, live_uuid):
+    """Remote path of the VHD that ``backup_id`` holds for the live disk ``live_uuid``."""
+    md = metadata(remote, backup_id)
+    return remote / Path(backup_id).parent / md["vhds"][disk_ref(md, live_uuid)]
+
+
+def failing_reads(storage, bad_path):
+    """``storage`` whose reads of ``bad_path`` fail as a timed-out NFS or S3 read does."""
+
+    class Flaky(type(storage)):
+        def read_bytes(self, path, *args, **kwargs):
+            if path == bad_path:
+                raise StorageError(f"cannot read {path}: Input/output error", path)
+            return super().read_bytes(path, *args, **kwargs)
+
+    flaky = Flaky.__new__(Flaky)
+    flaky.__dict__.update(storage.__dict__)
+    return flaky
+
+
+def remote_files(remote):
+    return sorted(str(p.relative_to(remote)) for p in remote.rglob("*") if p.is_file())
+
+
+def test_a_base_missing_an_ancestor_makes_that_disk_full_and_the_backup_stays(tiny, tmp_path):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    disks = live_disks(tiny)
+    first = backup(tiny, remote, tmp_path, retention=5)
+    tiny.write(disks["0"], os.urandom(300_000), offset=5 * MiB)
+    second = backup(tiny, remote, tmp_path, retention=5)
+    disk_vhd(remote, first["backup_id"], disks["0"]).unlink()  # the full under disk 0's chain is lost
+    tiny.write(disks["0"], os.urandom(300_000), offset=9 * MiB)
+
+    vm = backup(tiny, remote, tmp_path, retention=5)
+
+    assert "its base, or a VHD it depends on, is missing" in vm["reason"], vm["reason"]
+    assert vm["mode"] == "incremental"  # disk 1's chain was intact: only disk 0 went full
+    # By Xen Orchestra's rules the two older backups are broken now and go; disk 1's chain is merged
+    # into the new backup, which is all that is left, complete.
+    (retention,) = vm["retention"].values()
+    assert sorted(retention["removed"]) == sorted([first["backup_id"], second["backup_id"]])
+    assert backups_of(remote, vm["uuid"]) == [vm["backup_id"]]
+    md = metadata(remote, vm["backup_id"])
+    snapshot_data = {v["uuid"]: tiny.sha256(v["uuid"]) for v in md["vdis"].values()}
+    assert remote_disk_hashes(remote, vm["backup_id"]) == snapshot_data
+
+
+def test_retention_refuses_to_delete_the_backup_just_written(tiny, tmp_path):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    disks = live_disks(tiny)
+    backup(tiny, remote, tmp_path, retention=5)
+    tiny.write(disks["0"], os.urandom(300_000), offset=5 * MiB)
+    newest = backup(tiny, remote, tmp_path, retention=5)
+    disk_vhd(remote, newest["backup_id"], disks["1"]).unlink()  # whatever broke it: the plan now drops it
+    before = remote_files(remote)
+
+    with pytest.raises(RetentionRefused, match="would delete the backup this run just wrote"):
+        clean(open_remote(f"file://{remote}"), newest["uuid"], keep=newest["backup_id"])
+    assert remote_files(remote) == before
+    # Without that protection, this clean-up would have deleted it (what a later run does, by XO's rules).
+    assert newest["backup_id"] in clean(open_remote(f"file://{remote}"), newest["uuid"])["removed"]
+
+
+@pytest.mark.parametrize("mode", ["full", "incremental"])
+def test_a_metadata_read_error_aborts_the_clean_up_and_deletes_nothing(tiny, tmp_path, mode):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    disks = live_disks(tiny)
+    ids = []
+    for run in range(3):
+        tiny.write(disks["0"], os.urandom(100_000), offset=run * MiB)
+        ids.append(backup(tiny, remote, tmp_path, mode=mode, compression="none", retention=5)["backup_id"])
+    vm_uuid = metadata(remote, ids[0])["vm"]["uuid"]
+    before = remote_files(remote)
+
+    for bad in (ids[1], ids[2]):
+        with pytest.raises(StorageError, match="Input/output error"):
+            clean(failing_reads(open_remote(f"file://{remote}"), bad), vm_uuid)
+        assert remote_files(remote) == before
+    assert sorted(backups_of(remote, vm_uuid)) == ids
+
+
+def test_a_merge_state_without_a_chain_is_planned_again_from_the_vhds(tiny, tmp_path):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    disks = live_disks(tiny)
+    first = backup(tiny, remote, tmp_path, retention=5)
+    tiny.write(disks["0"], os.urandom(300_000), offset=5 * MiB)
+    backup(tiny, remote, tmp_path, retention=5)
+    parent = disk_vhd(remote, first["backup_id"], disks["0"])
+    state = parent.parent / f".{parent.name}.merge.json"
+    state.write_text("")  # cut short by a kill, as a non-atomic writer can leave it
+
+    rc, result = run_module("backup", module_args(tiny, remote, tmp_path, retention=1))
+
+    assert rc == 0, result.get("msg")
+    (vm,) = result["vms"]
+    (retention,) = vm["retention"].values()
+    assert any("names no chain; planned again from the VHDs" in w for w in retention["warnings"]), retention
+    assert retention["merged"], "the first backup's VHDs were merged into the next one's"
+    assert backups_of(remote, vm["uuid"]) == [vm["backup_id"]]
+    assert not list(remote.rglob(".*.merge.json"))
+    assert remote_disk_hashes(remote, vm["backup_id"]) == {
+        v["uuid"]: tiny.sha256(v["uuid"]) for v in metadata(remote, vm["backup_id"])["vdis"].values()
+    }
+
+
+def test_snapshot_retention_counts_each_schedule_apart(tiny, tmp_path):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    for _ in range(2):
+        backup(tiny, remote, tmp_path, mode="full", schedule="weekly", snapshot_retention=2)
+    vm = backup(tiny, remote, tmp_path, mode="full", schedule="daily", snapshot_retention=0)
+    with tiny.xapi() as x:
+        ref = x.VM.get_by_uuid(vm["uuid"])
+        schedules = sorted(x.VM.get_other_config(s).get("xo:backup:schedule", "") for s in x.VM.get_snapshots(ref))
+    # The weekly pair stays; the daily run (snapshot_retention 0) removed only its own snapshot.
+    assert len(schedules) == 2 and schedules[0] == schedules[1] != "", schedules
+
+
+def test_check_mode_sees_a_base_missing_on_one_remote_as_the_run_does(tiny, tmp_path):
+    first, second = tmp_path / "r1", tmp_path / "r2"
+    first.mkdir()
+    second.mkdir()
+    both = {"remotes": [f"file://{first}", f"file://{second}"]}
+    backup(tiny, first, tmp_path, **both)
+    for path in (second / "xo-vm-backups").rglob("*.vhd"):
+        path.unlink()  # the second remote lost its VHDs (or is new): no base there
+    tiny.write(live_disks(tiny)["0"], os.urandom(100_000), offset=MiB)
+
+    rc, plan = run_module("backup", {**module_args(tiny, first, tmp_path, **both), "_ansible_check_mode": True})
+    assert rc == 0, plan.get("msg")
+    vm = backup(tiny, first, tmp_path, **both)
+
+    (planned,) = plan["vms"]
+    assert (planned["mode"], planned["reason"]) == (vm["mode"], vm["reason"]) == ("full", vm["reason"])
+    assert vm["reason"].count("is missing on file://" + str(second)) == 2, vm["reason"]
