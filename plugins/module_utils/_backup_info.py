@@ -18,7 +18,7 @@ from ._remote_options import open_storage, secrets_of, url_passwords
 from ._storage import NotFoundError, StorageError
 from ._xapi_url import redact_secrets
 from ._xo_layout import format_filename_date, is_uuid, job_id_from_name, normalize_backup_id
-from ._xo_listing import BackupInfo, backup_info, list_backups
+from ._xo_listing import BackupInfo, backup_info, encrypted_remote_message, list_backups, remote_encryption
 from ._xo_metadata import MetadataError, parse_metadata
 
 MUTUALLY_EXCLUSIVE = [["vm", "backup_id"], ["job", "job_id"]]
@@ -114,6 +114,9 @@ class BackupInfoRequest:
         if self.remote is not None:
             storage = self.open_remote(add_secret)
             try:
+                algorithm = remote_encryption(storage)
+                if algorithm is not None:
+                    raise BackupInfoError(encrypted_remote_message(storage, algorithm))
                 backups = self._select(storage, warnings)
                 verifier = BackupVerifier(storage)
                 result["backups"] = [self._describe(b, verifier) for b in backups]

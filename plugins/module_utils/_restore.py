@@ -24,15 +24,17 @@ import time
 from datetime import datetime, timezone
 
 from ._backup_pipeline import BufferPool, WriterThread
-from ._restore_errors import ChecksumMismatchError, RestoreError, RestoreInputError
-from ._restore_plan import NULL_REF, plan_restore
-from ._storage import NotFoundError, StorageError
+from ._backup_snapshots import MIGRATE_REASON
+from ._restore_errors import ChecksumMismatchError, RestoreError, RestoreInputError, VmStartError
+from ._restore_plan import NULL_REF, check_xva_size, plan_restore, read_xva_checksum
+from ._storage import StorageError
 from ._vhd_errors import VhdError
 from ._xapi_errors import XapiError
 from ._xapi_http import READ_SIZE, put_stream
 from ._xapi_tasks import run_async
-from ._xo_checksum import XvaChecksum, parse_checksum
-from ._xo_layout import CHECKSUM_SUFFIX, format_filename_date
+from ._xo_checksum import XvaChecksum
+from ._xo_layout import format_filename_date
+from ._xva_ovaxml import objects_of_class
 
 RESTORED_TAG = "restored from backup"
 # Which backup a VM was restored from (the backup id); how a second restore of it is recognised.
@@ -43,6 +45,9 @@ BASE_DELTA_KEYS = ("xo:base_delta", "xo:base_delta_vdi")
 IMPORTING = "[Importing…] "
 IMPORT_BLOCK = "Importing…"
 START_TIMEOUT = 600
+# Reasons a backup blocks migration with (ours, Xen Orchestra's): a snapshot, and so its XVA or metadata, may
+# carry them, but they are about the backup, not the VM, so the restored VM must not keep them.
+BACKUP_BLOCK_REASONS = frozenset((MIGRATE_REASON, "VM migration is blocked during backup"))
 # Keys xapi's VM.set_bios_strings accepts; empty values are left out, as xapi refuses them.
 BIOS_STRINGS_KEYS = frozenset(
     (
@@ -98,6 +103,10 @@ def _wire(value):
 
 def _other_config(record):
     return {str(k): str(v) for k, v in (record.get("other_config") or {}).items()}
+
+
+def _without_backup_blocks(blocked):
+    return {str(op): str(why) for op, why in (blocked or {}).items() if why not in BACKUP_BLOCK_REASONS}
 
 
 def _without_backup_keys(config):
@@ -312,6 +321,9 @@ class Created:
         self.client = client
         self.vm = None
         self.vdis = []
+        # Network refs before an XVA import: XAPI's import creates the networks of the XVA the pool lacks.
+        self.networks_before = None
+        self.network_names = None  # the XVA's networks (name_label and bridge), when ova.xml was read
 
     def add_vm_disks(self, vm_ref):
         """Track the VDIs of an imported VM (found through its VBDs)."""
@@ -337,6 +349,26 @@ class Created:
                 if e.code != "HANDLE_INVALID":
                     problems.append(f"VDI {vdi} could not be removed ({e})")
         self.vm, self.vdis = None, []
+        return problems + self.drop_new_networks()
+
+    def drop_new_networks(self):
+        """Destroy the networks the import created that no VIF or PIF uses; returns the problems met."""
+        if self.networks_before is None or self.network_names is None:
+            return []  # without the XVA's own list, a new network may just as well be someone else's
+        problems = []
+        call = self.client.call
+        names = self.network_names
+        for ref, rec in call("network.get_all_records").items():
+            if ref in self.networks_before or rec.get("VIFs") or rec.get("PIFs"):
+                continue
+            if rec.get("name_label") not in names and rec.get("bridge") not in names:
+                continue  # not one of the XVA's: someone else's
+            try:
+                call("network.destroy", ref)
+            except XapiError as e:
+                if e.code != "HANDLE_INVALID":
+                    problems.append(f"network {rec.get('name_label')!r} could not be removed ({e})")
+        self.networks_before = None
         return problems
 
 
@@ -385,7 +417,13 @@ class Restore:
         self.created = Created(self.client)  # restored: nothing to undo any more
         self.outcome.changed = True
         if self.start:
-            start_vm(self.client, self.outcome.vm_ref, self.plan.name, self.backup.id)
+            try:
+                start_vm(self.client, self.outcome.vm_ref, self.plan.name, self.backup.id)
+            except VmStartError as e:
+                self.outcome.vm = vm_summary(self.client, self.outcome.vm_ref)
+                self.outcome.duration = time.monotonic() - started
+                e.outcome = self.outcome.to_dict()
+                raise
         self.outcome.vm = vm_summary(self.client, self.outcome.vm_ref)
         self.outcome.duration = time.monotonic() - started
         return self.outcome
@@ -407,38 +445,27 @@ class Restore:
 
     # -- full --------------------------------------------------------------------------------
     def _expected_checksum(self):
-        path = self.backup.xva + CHECKSUM_SUFFIX
-        try:
-            text = self.storage.read_bytes(path, limit=4096)
-        except NotFoundError:
-            self.outcome.checksum = "absent"
-            return None
-        try:
-            return parse_checksum(text)
-        except ValueError as e:
-            if not self.force:
-                raise ChecksumMismatchError(
-                    f"{path} is not a valid checksum file ({e}); the backup cannot be verified. Set force=true to "
-                    "restore it anyway."
-                ) from None
-            self.warn(f"{path} is not a valid checksum file; the XVA was restored without verification.")
-            self.outcome.checksum = "unverified"
-            return None
+        expected, status, warning = read_xva_checksum(self.storage, self.backup, self.force)
+        if status is not None:
+            self.outcome.checksum = status
+        if warning:
+            self.warn(warning)
+        return expected
 
     def _full(self):
         backup, plan = self.backup, self.plan
         expected = self._expected_checksum()
         with self.storage.open_read(backup.xva) as stream:
             size = stream.size
-            if backup.size is not None and size != backup.size:
-                if not self.force:
-                    raise ChecksumMismatchError(
-                        f"{backup.xva} has {size} bytes but the backup's metadata says {backup.size}: the file is "
-                        "truncated or was replaced. Set force=true to restore it anyway."
-                    )
-                self.warn(f"{backup.xva} has {size} bytes but the metadata says {backup.size}; restored anyway.")
+            warning = check_xva_size(backup, size, self.force)
+            if warning:
+                self.warn(warning)
             source = VerifiedReader(stream, size, expected, self.force, backup.xva)
             sr_name = plan.pool.sr_summary(plan.sr_ref)["name_label"]
+            if plan.xva_header is not None:
+                nets = objects_of_class(plan.xva_header, "network").values()
+                self.created.network_names = {n.get(k) for n in nets for k in ("name_label", "bridge") if n.get(k)}
+            self.created.networks_before = set(self.call("network.get_all"))
             try:
                 refs = put_stream(self.client, "/import", source, size, f"Import to SR {sr_name!r}", sr_id=plan.sr_ref)
             finally:
@@ -466,7 +493,13 @@ class Restore:
         self.call("VM.set_name_label", vm_ref, plan.name)
         self.call("VM.set_name_description", vm_ref, self._description())
         self.call("VM.set_tags", vm_ref, self._tags(record.get("tags") or []))
+        blocked = record.get("blocked_operations") or {}
+        for op in sorted(set(blocked) - set(_without_backup_blocks(blocked))):
+            self.call("VM.remove_from_blocked_operations", vm_ref, op)
         self._fix_imported_vifs(vm_ref)
+        # Networks made for VIFs that were then mapped elsewhere or dropped (network_map, health checks).
+        for problem in self.created.drop_new_networks():
+            self.warn(f"The restore left a network XAPI's import created: {problem}.")
 
     def _fix_imported_vifs(self, vm_ref):
         """Make the imported VIFs what the plan says: MACs kept or renewed, networks mapped, or none."""
@@ -523,8 +556,8 @@ class Restore:
         for contents in md.get("vtpms") or []:
             vtpm = self.call("VTPM.create", vm_ref, False)
             self.call("VTPM.set_contents", vtpm, contents)
-        # Unblock: the VM keeps the blocked operations it had when it was backed up, and nothing more.
-        self.call("VM.set_blocked_operations", vm_ref, dict(vm_rec.get("blocked_operations") or {}))
+        # Unblock: the VM keeps the blocked operations it had when it was backed up, but not the backup's own.
+        self.call("VM.set_blocked_operations", vm_ref, _without_backup_blocks(vm_rec.get("blocked_operations")))
         self.call("VM.set_name_label", vm_ref, plan.name)
         if vm_rec.get("ha_always_run"):
             try:
@@ -552,11 +585,11 @@ class Restore:
         out["name_description"] = self._description()
         out["tags"] = self._tags(rec.get("tags") or [])
         out["blocked_operations"] = {
-            **(rec.get("blocked_operations") or {}), "start": IMPORT_BLOCK, "start_on": IMPORT_BLOCK
+            **_without_backup_blocks(rec.get("blocked_operations")), "start": IMPORT_BLOCK, "start_on": IMPORT_BLOCK
         }  # fmt: skip
         config = _without_backup_keys(_other_config(rec))
-        if self.plan.new_mac_addresses:
-            config.pop("mac_seed", None)  # xapi makes a new seed, hence new MACs for VIFs without one
+        # As Xen Orchestra: xapi makes a new seed, so the copy's generated MACs differ from the source's.
+        config.pop("mac_seed", None)
         config[COPY_OF_KEY] = rec.get("uuid", "")
         config[RESTORED_FROM_KEY] = self.backup.id
         out["other_config"] = config
@@ -656,7 +689,7 @@ def start_vm(client, vm_ref, name, backup_id):
     try:
         run_async(client, "VM.start", vm_ref, False, False, timeout=START_TIMEOUT)
     except XapiError as e:
-        raise RestoreError(
+        raise VmStartError(
             f"Backup {backup_id} was restored as VM {name!r}, which is kept, but it could not be started: "
             f"{str(e).rstrip('.')}. Start it once the cause is fixed (running the task again starts it).",
             e.code,
@@ -707,7 +740,13 @@ def restore_backup(
             if start and record.get("power_state") == "Halted":
                 outcome.changed = True
                 if not check_mode:
-                    start_vm(client, outcome.vm_ref, target, backup.id)
+                    try:
+                        start_vm(client, outcome.vm_ref, target, backup.id)
+                    except VmStartError as e:
+                        outcome.changed = False  # it was there already and still is halted
+                        outcome.vm = vm_summary(client, outcome.vm_ref)
+                        e.outcome = outcome.to_dict()
+                        raise
                     record = None
             outcome.vm = vm_summary(client, outcome.vm_ref, record)
             if check_mode and outcome.changed:
@@ -723,6 +762,7 @@ def restore_backup(
         network_map=network_map,
         new_mac_addresses=new_mac_addresses,
         no_network=no_network,
+        force=force,
     )
     try:
         if check_mode:

@@ -26,3 +26,17 @@ class InsufficientSpaceError(RestoreError):
 
 class ChecksumMismatchError(RestoreError):
     """The stored XVA does not match its ``.xva.checksum``: the backup file is damaged."""
+
+
+class VmStartError(RestoreError):
+    """The VM was restored (and is kept) but did not start; ``outcome`` is the module result of the restore.
+
+    The module fails, but with ``changed`` and the ``vm`` filled in, since the pool did change.
+    """
+
+    def __init__(self, message, code=None, params=(), outcome=None):
+        super().__init__(message, code, params)
+        self.outcome = dict(outcome or {})
+
+    def result(self):
+        return {**self.outcome, **super().result()}

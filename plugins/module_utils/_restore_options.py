@@ -14,6 +14,7 @@ from ._restore_errors import RestoreError, RestoreInputError
 from ._restore_plan import PoolView, plan_restore
 from ._restore_select import parse_at, select_backup
 from ._storage import StorageError
+from ._xo_listing import encrypted_remote_message, remote_encryption
 
 
 def argument_spec():
@@ -102,7 +103,10 @@ class RestoreRequest:
     def run(self, client, storage, remote_label, check_mode=False, warn=None):
         """Restore (or health-check) the selected backup; returns ``(result dict, failure message or None)``."""
         try:
-            backup = select_backup(storage, self.backup_id, self.vm, self.at)
+            algorithm = remote_encryption(storage)
+            if algorithm is not None:
+                raise RestoreInputError(encrypted_remote_message(storage, algorithm))
+            backup = select_backup(storage, self.backup_id, self.vm, self.at, warn)
         except StorageError as e:
             raise RestoreError(f"Cannot read the remote {storage.display}: {e}") from None
         if self.health is not None:

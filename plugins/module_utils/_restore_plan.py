@@ -12,12 +12,13 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ._restore_errors import InsufficientSpaceError, RestoreError, RestoreInputError
+from ._restore_errors import ChecksumMismatchError, InsufficientSpaceError, RestoreError, RestoreInputError
 from ._storage import NotFoundError, StorageError
 from ._vhd_chain import open_vhd_chain
 from ._vhd_directory import remote_vhd_opener
 from ._vhd_errors import VhdError, VhdMissingParentError
-from ._xo_layout import format_filename_date, is_uuid
+from ._xo_checksum import parse_checksum
+from ._xo_layout import CHECKSUM_SUFFIX, format_filename_date, is_uuid
 from ._xva_codec import detect_compression
 from ._xva_errors import XvaError
 from ._xva_ovaxml import objects_of_class
@@ -197,6 +198,42 @@ def read_xva_header(storage, path):
         raise RestoreError(f"Cannot read {path} on {storage.display}: {e}") from None
 
 
+def check_xva_size(backup, size, force):
+    """Refuse an XVA whose size is not the metadata's (unless ``force``: then the warning text, else None)."""
+    if backup.size is None or size == backup.size:
+        return None
+    if not force:
+        raise ChecksumMismatchError(
+            f"{backup.xva} has {size} bytes but the backup's metadata says {backup.size}: the file is "
+            "truncated or was replaced. Set force=true to restore it anyway."
+        )
+    return f"{backup.xva} has {size} bytes but the metadata says {backup.size}; restored anyway."
+
+
+def read_xva_checksum(storage, backup, force):
+    """``(checksum or None, status, warning or None)`` from the XVA's ``.xva.checksum``.
+
+    ``status`` is ``absent`` (no file), ``unverified`` (invalid file, ``force``) or None (a checksum to check).
+    An invalid file is refused unless ``force``.
+    """
+    path = backup.xva + CHECKSUM_SUFFIX
+    try:
+        text = storage.read_bytes(path, limit=4096)
+    except NotFoundError:
+        return None, "absent", None
+    except StorageError as e:
+        raise RestoreError(f"Cannot read {path} on {storage.display}: {e}") from None
+    try:
+        return parse_checksum(text), None, None
+    except ValueError as e:
+        if not force:
+            raise ChecksumMismatchError(
+                f"{path} is not a valid checksum file ({e}); the backup cannot be verified. Set force=true to "
+                "restore it anyway."
+            ) from None
+        return None, "unverified", f"{path} is not a valid checksum file; the XVA was restored without verification."
+
+
 def open_chain(storage, path, disk):
     """The VHD chain of one disk, every parent opened; errors name the file that is missing or bad."""
     try:
@@ -345,9 +382,13 @@ def plan_restore(
     network_map=None,
     new_mac_addresses=False,
     no_network=False,
+    force=False,
     pool=None,
 ):
     """Resolve targets and build a :class:`RestorePlan`; raise before anything is created when it can't work.
+
+    A full backup whose XVA size differs from its metadata, or whose checksum file is invalid, is refused
+    here (check mode included) unless ``force``, as the restore itself would refuse it.
 
     ``disk_srs`` maps a disk (position such as ``"1"``, or the UUID of the backed-up or of the live VDI) to an
     SR name/UUID, or to ``None``/``""`` to leave the disk out. ``network_map`` maps a backed-up network (UUID
@@ -377,7 +418,7 @@ def plan_restore(
                     "disk_srs applies to incremental backups only: XAPI imports every disk of a full backup (XVA) "
                     "to the one SR given in sr."
                 )
-            _plan_full(plan, storage, backup, pool, resolved_nets)
+            _plan_full(plan, storage, backup, pool, resolved_nets, force)
         else:
             _plan_delta(plan, storage, backup, pool, resolved_srs, resolved_nets)
         plan.space = check_space(pool, plan)
@@ -387,7 +428,7 @@ def plan_restore(
     return plan
 
 
-def _plan_full(plan, storage, backup, pool, nets):
+def _plan_full(plan, storage, backup, pool, nets, force=False):
     header, compression, problem = read_xva_header(storage, backup.xva)
     plan.xva_header, plan.xva_compression = header, compression
     try:
@@ -395,10 +436,19 @@ def _plan_full(plan, storage, backup, pool, nets):
     except StorageError as e:
         raise RestoreError(f"Cannot read {backup.xva} on {storage.display}: {e}") from None
     plan.bytes_to_transfer = size
+    # What the restore checks before sending a byte: check mode must refuse what it would refuse.
+    check_xva_size(backup, size, force)
+    read_xva_checksum(storage, backup, force)
     if header is None:
         plan.notes.append(f"The XVA's ova.xml could not be read ({problem}); disks and VIFs are not listed.")
+        # Both are applied to the VIFs ova.xml lists; without it they would be silently ignored.
         if nets:
             raise RestoreInputError(f"network_map cannot be applied: the XVA's ova.xml is unreadable ({problem}).")
+        if plan.new_mac_addresses:
+            raise RestoreInputError(
+                f"new_mac_addresses cannot be applied: the XVA's ova.xml is unreadable ({problem}). Fix that, or "
+                "leave new_mac_addresses out to keep the backed-up MAC addresses."
+            )
         return
     vbds = objects_of_class(header, "VBD")
     for vdi_id, rec in sorted(objects_of_class(header, "VDI").items(), key=lambda kv: kv[0]):
@@ -455,10 +505,15 @@ def _plan_delta(plan, storage, backup, pool, srs, nets):
         known |= disk.keys
     _check_map_keys("disk_srs", srs, known, "disks")
     for disk in disks:
-        for key in disk.keys:
-            if key in srs:
-                disk.sr_ref = srs[key]
-                break
+        given = sorted(k for k in disk.keys if k in srs)
+        if len({srs[k] for k in given}) > 1:  # which one wins would depend on set order: refuse
+            label = f"{disk.name_label!r} (position {disk.userdevice})" if disk.userdevice else repr(disk.name_label)
+            raise RestoreInputError(
+                f"disk_srs names disk {label} twice, as {' and '.join(repr(k) for k in given)}, with different "
+                "SRs; keep only one of those keys."
+            )
+        if given:
+            disk.sr_ref = srs[given[0]]
     try:
         for disk in disks:
             if disk.sr_ref is None:

@@ -13,19 +13,26 @@ from typing import List, Optional
 
 from ._restore_errors import BackupNotFoundError, RestoreError, RestoreInputError
 from ._storage import NotFoundError, StorageError
-from ._xo_layout import format_filename_date, is_uuid, normalize_backup_id, parse_filename_date, to_ms
+from ._xo_layout import format_filename_date, is_uuid, normalize_backup_id, parse_filename_date, to_datetime, to_ms
 from ._xo_listing import BackupInfo, backup_info, list_backups
 from ._xo_metadata import MetadataError, parse_metadata
 
 LATEST = "latest"
 _FILENAME_DATE = re.compile(r"^\d{8}T\d{6}Z$")
-_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE_ONLY = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
 _EPOCH_MS = re.compile(r"^\d{10,}$")
+# The time of an ISO date and time, to tell how precise it is: seconds, minutes or hours only, or a fraction.
+_ISO_TIME = re.compile(r"^\d{4}-?\d{2}-?\d{2}[T ]\d{2}(?P<min>:?\d{2}(?P<sec>:?\d{2}(?P<frac>[.,]\d+)?)?)?")
 _AT_FORMS = (
     "'latest', a backup date as in file names (20240618T020003Z), an ISO 8601 date and time "
-    "(2024-06-18T02:00:03Z; no offset means UTC), a date alone (2024-06-18: the end of that day, UTC) "
-    "or a timestamp in milliseconds (1718676003123)"
+    "(2024-06-18T02:00:03Z; no offset means UTC), a date alone (2024-06-18 or 20240618: the end of that day, "
+    "UTC) or a timestamp in milliseconds (1718676003123)"
 )
+
+
+def format_ms(ms):
+    """``2024-06-18T02:00:03.123Z``: a point in time in messages, to the millisecond as backups are dated."""
+    return to_datetime(ms).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def parse_at(value) -> Optional[int]:
@@ -40,16 +47,27 @@ def parse_at(value) -> Optional[int]:
             return to_ms(parse_filename_date(text)) + 999  # the file name drops the milliseconds
         if _EPOCH_MS.match(text):
             return int(text)
-        if _DATE_ONLY.match(text):
-            day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc)
-            return to_ms(day + timedelta(days=1)) - 1
+        day = _DATE_ONLY.match(text)
+        if day:  # 2024-06-18 and 20240618 alike
+            start = datetime(*(int(g) for g in day.groups()), tzinfo=timezone.utc)
+            return to_ms(start + timedelta(days=1)) - 1
         iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
         when = datetime.fromisoformat(iso.replace(" ", "T", 1))
     except ValueError:
         raise RestoreInputError(f"at={text!r} is not a point in time: use {_AT_FORMS}.") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    return to_ms(when)
+    # Backups are dated to the millisecond: a time given to the second (or minute, hour) covers all of it.
+    time = _ISO_TIME.match(text)
+    if time is None or time.group("frac"):
+        extra = 0
+    elif time.group("sec"):
+        extra = 999
+    elif time.group("min"):
+        extra = 60_000 - 1
+    else:
+        extra = 3_600_000 - 1
+    return to_ms(when) + extra
 
 
 def load_backup(storage, backup_id) -> BackupInfo:
@@ -86,8 +104,12 @@ def _missing_message(storage, bid):
     return f"No backup {bid} {where}; VM {vm_uuid} has {len(others)} backup(s), the newest dated {dates}."
 
 
-def find_backup(storage, vm, at=None) -> BackupInfo:
-    """The newest backup of ``vm`` (UUID, or name as backed up) not after ``at`` (ms; ``None``: the latest)."""
+def find_backup(storage, vm, at=None, warn=None) -> BackupInfo:
+    """The newest backup of ``vm`` (UUID, or name as backed up) not after ``at`` (ms; ``None``: the latest).
+
+    ``warn`` receives one text per metadata file that could not be read and may belong to ``vm``: such a
+    backup was not a candidate, so the one chosen may be older than the operator expects.
+    """
     vm = (vm or "").strip()
     if not vm:
         raise RestoreInputError("vm must name a VM (its UUID or its name as backed up).")
@@ -113,16 +135,27 @@ def find_backup(storage, vm, at=None) -> BackupInfo:
         raise BackupNotFoundError(f"No backup of {label} on {storage.display}.{known}")
     eligible: List[BackupInfo] = [b for b in candidates if at is None or b.timestamp <= at]
     if not eligible:
-        oldest = format_filename_date(candidates[0].timestamp)
+        oldest = candidates[0]
         raise BackupNotFoundError(
-            f"No backup of {label} dated at or before {format_filename_date(at)}; the oldest is from {oldest}."
+            f"No backup of {label} dated at or before {format_ms(at)}; the oldest is from {oldest.date} "
+            f"({format_filename_date(oldest.timestamp)})."
         )
-    return max(eligible, key=lambda b: (b.timestamp, b.id))
+    chosen = max(eligible, key=lambda b: (b.timestamp, b.id))
+    if warn is not None:
+        # Unreadable files of other VMs that have readable backups are no concern of this restore.
+        others = [u for u in listing.backups if u != chosen.vm_uuid]
+        for text in listing.warnings:
+            if not any(u in text for u in others):
+                warn(
+                    f"A backup metadata file on {storage.display} could not be read, so its backup was not "
+                    f"considered when {chosen.id} was chosen: {text}"
+                )
+    return chosen
 
 
-def select_backup(storage, backup_id=None, vm=None, at=None) -> BackupInfo:
-    """One of: ``backup_id``, or ``vm`` with ``at`` (the option's text, or ms)."""
+def select_backup(storage, backup_id=None, vm=None, at=None, warn=None) -> BackupInfo:
+    """One of: ``backup_id``, or ``vm`` with ``at`` (the option's text, or ms); ``warn`` as in :func:`find_backup`."""
     if backup_id:
         return load_backup(storage, backup_id)
     when = at if isinstance(at, int) or at is None else parse_at(at)
-    return find_backup(storage, vm, when)
+    return find_backup(storage, vm, when, warn)

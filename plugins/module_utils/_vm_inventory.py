@@ -6,7 +6,7 @@ hundreds of VMs costs eight round trips.
 
 from __future__ import annotations
 
-from ._vm_selection import NO_BACKUP_TAG, is_nobak_disk
+from ._vm_selection import is_no_backup_tag, is_nobak_disk
 
 NULL_REF = "OpaqueRef:NULL"
 RECORD_CLASSES = ("pool", "host", "SR", "network", "VM", "VBD", "VDI", "VIF")
@@ -73,7 +73,7 @@ class VmInventory:
             "disks": self._disks(vm),
             "vifs": self._vifs(vm),
             "xo_config": {k: v for k, v in other_config.items() if k.startswith(XO_CONFIG_PREFIX)},
-            "excluded_from_backup": NO_BACKUP_TAG in (vm.get("tags") or []),
+            "excluded_from_backup": any(is_no_backup_tag(t) for t in vm.get("tags") or []),
         }
 
     def _disks(self, vm):

@@ -2,9 +2,9 @@
 
 Filters apply in this order: kind (templates, snapshots and control domains are left out unless
 asked for), ``names``/``uuids`` (either matches), ``tags`` (any of), ``exclude_tags``,
-``power_states``, the ``xo:no-bak`` tag when ``skip_no_backup`` is set, and last the JMESPath
-``query`` over the records that are left. The query must keep whole records (a filter, a slice,
-a sort), because callers act on the VMs it returns.
+``power_states``, the ``xo:no-bak`` tag (alone or as ``xo:no-bak=<reason>``) when ``skip_no_backup`` is
+set, and last the JMESPath ``query`` over the records that are left. The query must keep whole records
+(a filter, a slice, a sort), because callers act on the VMs it returns.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ POWER_STATES = ("Halted", "Paused", "Running", "Suspended")
 NO_BACKUP_TAG = "xo:no-bak"  # Xen Orchestra's tag: never back this VM up
 NO_BACKUP_DISK_PREFIX = "[NOBAK]"  # Xen Orchestra's disk-name prefix: leave this disk out of backups
 QUERY_EXAMPLE = "[?power_state=='Running' && memory > `1073741824`]"
+
+
+def is_no_backup_tag(tag):
+    """Xen Orchestra's rule: ``xo:no-bak`` alone or with a reason (``xo:no-bak=Health Check``)."""
+    return tag == NO_BACKUP_TAG or tag.startswith(NO_BACKUP_TAG + "=")
 
 
 def argument_spec():
@@ -166,7 +171,7 @@ class VmSelection:
                 continue
             if self.power_states and vm["power_state"] not in self.power_states:
                 continue
-            if self.skip_no_backup and NO_BACKUP_TAG in tags:
+            if self.skip_no_backup and any(is_no_backup_tag(t) for t in tags):
                 continue
             selected.append(vm)
         if self.query is not None:

@@ -6,10 +6,11 @@ metadata file is read; nothing is rewritten (use ``_xo_cache.update_cache`` unde
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.xapi.proxy.plugins.module_utils._storage import Storage, StorageError
+from ansible_collections.xapi.proxy.plugins.module_utils._storage import NotFoundError, Storage, StorageError
 from ansible_collections.xapi.proxy.plugins.module_utils._xo_cache import read_cache, scan_metadata
 from ansible_collections.xapi.proxy.plugins.module_utils._xo_layout import (
     BACKUP_DIR,
@@ -144,3 +145,29 @@ def list_backups(storage: Storage, vm_uuid: Optional[str] = None, *, use_cache: 
         if found or vm_uuid is not None:
             backups[vm] = found
     return Listing(backups=backups, warnings=warnings)
+
+
+# Xen Orchestra writes it in clear at the root of every remote it encrypts (``encryptionKey``), and
+# encrypts every other file there: metadata included, which would otherwise read as "not valid JSON".
+ENCRYPTION_FILE = "encryption.json"
+
+
+def remote_encryption(storage: Storage) -> Optional[str]:
+    """The algorithm the remote's files are encrypted with (its ``encryption.json``), or None when they are not."""
+    try:
+        data = storage.read_bytes(ENCRYPTION_FILE, limit=4096)
+    except NotFoundError:
+        return None
+    try:
+        algorithm = json.loads(data).get("algorithm", "none")
+    except (ValueError, AttributeError):
+        return "unknown"  # not what XO writes: assume the worst rather than misread every file
+    return None if algorithm == "none" else str(algorithm)
+
+
+def encrypted_remote_message(storage: Storage, algorithm: str) -> str:
+    return (
+        f"The remote {storage.display} is encrypted by Xen Orchestra ({ENCRYPTION_FILE} names the algorithm "
+        f"{algorithm!r}): encrypted remotes are not supported, so its backups cannot be read. List and restore "
+        "them with Xen Orchestra, or use a remote without an encryption key."
+    )

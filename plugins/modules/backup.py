@@ -16,7 +16,8 @@ description:
     written by Xen Orchestra and by this module live side by side and restore either way.
   - V(full) mode writes an XVA per VM. V(incremental) mode writes a VHD per disk, differencing against the
     previous backup of the same job when its base snapshot and VHD still exist, else a full VHD.
-  - VMs tagged C(xo:no-bak) are skipped, and disks whose name starts with C([NOBAK]) are left out.
+  - VMs tagged C(xo:no-bak) or C(xo:no-bak=<reason>) are skipped, and disks whose name starts with C([NOBAK]) are
+    left out.
   - Retention keeps O(retention) backups per schedule plus O(long_term_retention) buckets; incremental
     chains stay restorable by merging the oldest delta into its child. Nothing is deleted before the new
     backup is complete; an interrupted merge is finished by the next run.
@@ -124,8 +125,9 @@ options:
     default: 0
   snapshot_retention:
     description:
-      - How many of this job's snapshots to keep on the pool per schedule. In incremental mode the newest
-        snapshot is always kept, as the next run's base.
+      - How many of this job's snapshots of this O(schedule) to keep on the pool. Snapshots of the job's
+        other schedules are left to their own runs (each schedule keeps its own count, as in Xen Orchestra).
+        In incremental mode the newest snapshot is always kept, as the next run's base.
     type: int
     default: 0
   max_merged_per_run:

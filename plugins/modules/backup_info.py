@@ -25,6 +25,8 @@ description:
   - Also reports the progress of backup jobs that M(xapi.proxy.backup) runs, or ran, on the same host, in
     RV(jobs), so a long job started with C(async) can be watched. Only that needs no O(remote).
   - Metadata files that cannot be read are skipped and named in a warning.
+  - Remotes that Xen Orchestra encrypts (set with an encryption key, which writes C(encryption.json) at their
+    root) are not supported; the module fails and says so.
   - Does not connect to XAPI.
 author:
   - xapi.proxy contributors (@xapi-proxy)

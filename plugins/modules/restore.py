@@ -13,6 +13,8 @@ description:
     straight to the pool's XAPI on the host that runs the module (the site's proxy), without a temporary
     copy.
   - Backups written by Xen Orchestra and by M(xapi.proxy.backup) share one layout and restore alike.
+    Remotes that Xen Orchestra encrypts (set with an encryption key) are not supported; the module fails
+    and says so.
   - A full backup (XVA) is sent as it is stored, compressed or not, to XAPI's import. Its hash (MD5,
     SHA-256 or SHA-512, as the file says) is checked against the C(.xva.checksum) file on the way; a
     damaged file is refused (unless O(force=true)) before XAPI completes the import.
@@ -61,9 +63,12 @@ options:
       - With O(vm), restore the newest backup taken at or before this time.
       - V(latest), a backup date as in file names (V(20240618T020003Z)), or an ISO 8601 date and time
         (V(2024-06-18T02:00:03Z), V(2024-06-18 04:00:03+02:00); no offset means UTC).
-      - A date alone (V(2024-06-18)) means the end of that day (UTC). A number is a timestamp in
-        milliseconds, as M(xapi.proxy.backup_info) returns.
+      - Backups are dated to the millisecond, so a time given to the second covers that whole second
+        (likewise to the minute or hour).
+      - A date alone (V(2024-06-18) or V(20240618)) means the end of that day (UTC). A number is a timestamp
+        in milliseconds, as M(xapi.proxy.backup_info) returns.
       - If not set, the newest backup is restored.
+      - A backup whose metadata cannot be read is not a candidate; the module warns about each one.
     type: str
   sr:
     description:
@@ -89,6 +94,9 @@ options:
     description:
       - Give the network interfaces new MAC addresses instead of the backed-up ones. Use this when the
         original VM still runs on the same network.
+      - A full backup whose C(ova.xml) cannot be read is refused with this option, as with O(network_map).
+        That is the case of a zstd-compressed XVA when the C(zstandard) Python package is not installed on
+        the host that runs the module.
     type: bool
     default: false
   network_map:
@@ -106,8 +114,9 @@ options:
   start:
     description:
       - Start the VM once it is restored.
-      - If it cannot start, the restored VM is kept and the module fails with the reason. Running the task
-        again finds the VM already restored and starts it.
+      - If it cannot start, the restored VM is kept and the module fails with the reason, reporting
+        C(changed=true) and the VM in RV(vm). Running the task again finds the VM already restored and
+        starts it.
     type: bool
     default: false
   tags:
@@ -266,7 +275,7 @@ vm:
   description:
     - The restored VM. It is the VM found when the backup was already restored under this name.
     - In check mode, the VM that would be created, with a null C(uuid).
-  returned: success, except with O(health_check)
+  returned: success, or when the VM was restored but could not be started; except with O(health_check)
   type: dict
   sample: {uuid: 0b1c7d6a-34a5-4f38-9e3f-2f3f6a1f0c11, name_label: web-01 (20240618T020003Z), power_state: Halted}
 already_restored:

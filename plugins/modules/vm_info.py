@@ -197,7 +197,7 @@ vms:
       type: dict
       sample: {"xo:backup:job": 6e4f2f4a-1b5c-4f3e-8d2a-9c7b6a5f4e3d}
     excluded_from_backup:
-      description: Whether the VM carries the C(xo:no-bak) tag, so backups skip it.
+      description: Whether the VM carries the C(xo:no-bak) tag (alone or as C(xo:no-bak=<reason>)), so backups skip it.
       type: bool
 """
 

@@ -123,6 +123,21 @@ def test_waiting_for_a_script_the_guest_does_not_run_times_out(job):
     assert f"did not write success or failure to {XENSTORE_KEY} within 1 seconds" in result["message"]
 
 
+def test_a_network_the_import_creates_goes_with_the_checked_vm(job):
+    vm = job.vm_ref("tiny-01")
+    net = job.call("network.create", {"name_label": "Private LAN", "name_description": "", "MTU": "1500",
+                                      "other_config": {}, "bridge": "xapi5"})  # fmt: skip
+    vif = job.call("VIF.create", {"device": "1", "network": net, "VM": vm, "MAC": "", "MTU": "1500", "other_config": {},
+                                  "qos_algorithm_type": "", "qos_algorithm_params": {}})  # fmt: skip
+    fixture = job.full("tiny-01", compression=None)
+    job.call("VIF.destroy", vif)
+    job.call("network.destroy", net)  # XAPI's import creates it again, for a VIF the check then removes
+    networks = set(job.call("network.get_all"))
+    result, _ = check(job, fixture)
+    assert result["status"] == "success", result["message"]
+    assert set(job.call("network.get_all")) == networks
+
+
 def test_a_restore_that_fails_is_a_failed_check_and_leaves_nothing(job, remote):
     fixture = job.delta("tiny-01")
     remote.storage.delete(fixture.disks["1"].vhd)

@@ -17,6 +17,7 @@ from ansible_collections.xapi.proxy.plugins.module_utils._restore_errors import 
 )
 from ansible_collections.xapi.proxy.plugins.module_utils._restore_select import load_backup
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_directory import open_alias
+from ansible_collections.xapi.proxy.plugins.module_utils._xapi_errors import XapiError
 
 MIB = 1 << 20
 SR_FULL = ["SR_BACKEND_FAILURE_44", "", "There is insufficient space", ""]
@@ -100,6 +101,45 @@ def test_cut_xva_import(tiny, job):
     assert e.value.code == "IMPORT_ERROR_PREMATURE_EOF" and "Import to SR 'Local storage' failed" in str(e.value)
     leftovers = {cls: pool_objects(job.client)[cls] - before[cls] for cls in before}
     assert not any(leftovers.values()), f"a cut import must leave nothing behind: {leftovers}"
+
+
+def private_lan_backup(job):
+    """A full backup of tiny-01 with a VIF on a network the pool no longer has: XAPI's import recreates it."""
+    vm = job.vm_ref("tiny-01")
+    net = job.call("network.create", {"name_label": "Private LAN", "name_description": "", "MTU": "1500",
+                                      "other_config": {}, "bridge": "xapi5"})  # fmt: skip
+    vif = job.call("VIF.create", {"device": "1", "network": net, "VM": vm, "MAC": "", "MTU": "1500", "other_config": {},
+                                  "qos_algorithm_type": "", "qos_algorithm_params": {}})  # fmt: skip
+    fixture = job.full("tiny-01", compression=None)
+    job.call("VIF.destroy", vif)
+    job.call("network.destroy", net)
+    return fixture
+
+
+class FailingClient:
+    """The real client, except that ``method`` fails (a pool refusing one step after the import)."""
+
+    def __init__(self, client, method):
+        self._client = client
+        self._method = method
+
+    def call(self, method, *args, **kwargs):
+        if method == self._method:
+            raise XapiError(f"{method} refused by the test", "INTERNAL_ERROR", ["test"])
+        return self._client.call(method, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_a_restore_failing_after_the_import_leaves_no_network_behind(job):
+    fixture = private_lan_backup(job)
+    networks = set(job.call("network.get_all"))
+    client = FailingClient(job.client, "VM.set_tags")
+    with pytest.raises(RestoreError) as e:
+        restore_backup(client, job.storage, load_backup(job.storage, fixture.id), sr="Local storage")
+    assert "Everything it had created was removed" in str(e.value)
+    assert set(job.call("network.get_all")) == networks
 
 
 # -- space ------------------------------------------------------------------------------------------
@@ -226,6 +266,20 @@ def test_damaged_checksum_file_and_wrong_size(job, remote):
     assert f"has {fixture.metadata['size'] + 512} bytes but the backup's metadata says" in str(e)
     outcome = restore(job, fixture, force=True)
     assert outcome.checksum == "absent" and outcome.changed
+
+
+def test_check_mode_refuses_what_the_restore_refuses(job, remote):
+    fixture = job.full("tiny-01", compression=None)
+    remote.storage.write_bytes(fixture.files[1], b"not a checksum")
+    e = failed_restore(job, fixture, ChecksumMismatchError, check_mode=True)
+    assert "is not a valid checksum file" in str(e)
+    assert restore(job, fixture, check_mode=True, force=True).changed
+    remote.storage.delete(fixture.files[1])
+    path = remote.path(fixture.files[0])
+    path.write_bytes(path.read_bytes()[: fixture.metadata["size"] // 2])
+    e = failed_restore(job, fixture, ChecksumMismatchError, check_mode=True)
+    assert f"has {fixture.metadata['size'] // 2} bytes but the backup's metadata says" in str(e)
+    assert restore(job, fixture, check_mode=True, force=True).changed
 
 
 def test_a_vm_that_cannot_start_is_kept_and_started_by_the_next_run(tiny, job):

@@ -122,6 +122,19 @@ def test_full_backup_of_a_running_vm_snapshot(tiny, job):
     assert_disks_equal(tiny, job.client, outcome.vm_ref, fixture)
 
 
+@pytest.mark.parametrize("mode", ["full", "delta"])
+def test_migration_blocked_by_a_backup_is_not_restored(job, mode):
+    vm = job.vm_ref("tiny-run")
+    job.call("VM.set_blocked_operations", vm, {
+        "pool_migrate": "VM migration is blocked during backup",  # Xen Orchestra's, during its backup
+        "migrate_send": "VM backup in progress",  # ours
+        "clean_shutdown": "keep me",  # the operator's own: it stays
+    })  # fmt: skip
+    fixture = job.full("tiny-run", compression=None) if mode == "full" else job.delta("tiny-run")
+    outcome = restore(job, fixture)
+    assert job.call("VM.get_blocked_operations", outcome.vm_ref) == {"clean_shutdown": "keep me"}
+
+
 # -- incremental ----------------------------------------------------------------------------------
 def test_every_point_of_a_five_run_chain(tiny, job):
     points = []
@@ -162,6 +175,15 @@ def test_new_mac_addresses(job, mode):
     assert sorted(macs) == sorted(fixture.macs) and all(macs[d] != fixture.macs[d] for d in macs)
     plan = outcome.plan.to_dict()
     assert [v["mac"] for v in plan["vifs"]] == [None]  # renewed: xapi picks new ones
+
+
+def test_incremental_restore_drops_the_mac_seed(job):
+    source = job.call("VM.get_other_config", job.vm_ref("tiny-01"))["mac_seed"]
+    fixture = job.delta("tiny-01")
+    assert fixture.metadata["vm"]["other_config"]["mac_seed"] == source
+    outcome = restore(job, fixture)  # MACs kept: the seed must go all the same, as Xen Orchestra drops it
+    assert job.call("VM.get_other_config", outcome.vm_ref).get("mac_seed") != source
+    assert macs_of(job.client, outcome.vm_ref) == fixture.macs
 
 
 def test_second_restore_of_the_same_backup_is_a_no_op_unless_forced(job):
@@ -245,6 +267,27 @@ def test_network_map_and_dropped_vifs(sim_factory, tmp_path, remote):
             "$network$uuid"]: "storage-vlan-20"})  # fmt: skip
         (vif,) = job.client.call("VIF.get_all_records_where", f'field "VM"="{on_vlan.vm_ref}"').values()
         assert (vif["network"], vif["MAC"]) == (vlan_net, full.macs["0"])
+
+
+def test_a_network_the_import_creates_stays_only_if_a_vif_uses_it(job):
+    vm = job.vm_ref("tiny-01")
+    net = job.call("network.create", {"name_label": "Private LAN", "name_description": "", "MTU": "1500",
+                                      "other_config": {}, "bridge": "xapi5"})  # fmt: skip
+    vif = job.call("VIF.create", {"device": "1", "network": net, "VM": vm, "MAC": "", "MTU": "1500", "other_config": {},
+                                  "qos_algorithm_type": "", "qos_algorithm_params": {}})  # fmt: skip
+    fixture = job.full("tiny-01", compression=None)
+    job.call("VIF.destroy", vif)
+    job.call("network.destroy", net)  # XAPI's import creates it again
+    networks = set(job.call("network.get_all"))
+    eth0 = "Pool-wide network associated with eth0"
+    for name, mapping in (("mapped", {"Private LAN": eth0}), ("dropped", {"Private LAN": None})):
+        restore(job, fixture, name=name, network_map=mapping)
+        assert set(job.call("network.get_all")) == networks, name
+    kept = restore(job, fixture, name="kept")  # its VIF 1 is on the network the import made
+    (new,) = set(job.call("network.get_all")) - networks
+    assert job.call("network.get_name_label", new) == "Private LAN"
+    vifs = job.call("VIF.get_all_records_where", f'field "VM"="{kept.vm_ref}"').values()
+    assert sorted(v["network"] == new for v in vifs) == [False, True]
 
 
 def test_vm_cannot_start_while_its_disks_are_imported(tiny, job):

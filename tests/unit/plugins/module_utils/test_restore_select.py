@@ -63,11 +63,22 @@ def put(remote, vm_uuid, name, ts):
         ("2024-06-18T04:00:03.123+02:00", T0),
         ("2024-06-18 02:00:03.123", T0),  # no offset: UTC
         ("2024-06-18", to_ms(datetime(2024, 6, 19, tzinfo=timezone.utc)) - 1),  # the end of that day
+        ("20240618", to_ms(datetime(2024, 6, 19, tzinfo=timezone.utc)) - 1),  # the same day, compact
         ("1718676003123", T0),
+        # Backups are dated to the millisecond: a time without them covers the whole second (minute, hour)
+        ("2024-06-18T02:00:03Z", T0 - 123 + 999),
+        ("2024-06-18 04:00:03+02:00", T0 - 123 + 999),
+        ("2024-06-18T02:00Z", T0 - 3123 + 59_999),
     ],
 )
 def test_at_forms(text, expected):
     assert parse_at(text) == expected
+
+
+def test_at_to_the_second_picks_the_backup_of_that_second(remote):
+    bid = put(remote, WEB, "web", T0)
+    assert select_backup(remote.storage, vm="web", at="2024-06-18T02:00:03Z").id == bid
+    assert select_backup(remote.storage, vm="web", at="20240618").id == bid
 
 
 @pytest.mark.parametrize("text", ["yesterday", "2024-13-45", "18/06/2024", "2024-06-18T25:00", "12"])
@@ -93,7 +104,23 @@ def test_nothing_before_at_names_the_oldest(remote):
     put(remote, WEB, "web", T0)
     with pytest.raises(BackupNotFoundError) as e:
         find_backup(remote.storage, "web", T0 - DAY)
-    assert "20240617T020003Z" in str(e.value) and "oldest is from 20240618T020003Z" in str(e.value)
+    assert "at or before 2024-06-17T02:00:03.123Z" in str(e.value)
+    assert "oldest is from 2024-06-18T02:00:03.123Z (20240618T020003Z)" in str(e.value)
+    with pytest.raises(BackupNotFoundError) as e:  # to the second, both would read 20240618T020003Z
+        find_backup(remote.storage, "web", T0 - 1)
+    assert "at or before 2024-06-18T02:00:03.122Z; the oldest is from 2024-06-18T02:00:03.123Z" in str(e.value)
+
+
+def test_unreadable_metadata_of_the_vm_is_warned_about(remote):
+    older = put(remote, WEB, "web", T0)
+    damaged = put(remote, WEB, "web", T0 + DAY)
+    remote.storage.write_bytes(damaged, remote.storage.read_bytes(damaged)[:50])
+    remote.storage.write_bytes(backup_id(DB, T0), b"{")  # another VM's: not this restore's concern
+    put(remote, DB, "db", T0 + DAY)
+    for vm in ("web", WEB):
+        warnings = []
+        assert select_backup(remote.storage, vm=vm, warn=warnings.append).id == older
+        assert len(warnings) == 1 and damaged in warnings[0] and older in warnings[0], warnings
 
 
 def test_unknown_vm_lists_what_is_there(remote):

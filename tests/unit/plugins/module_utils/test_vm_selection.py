@@ -264,6 +264,21 @@ def test_nobak_disks_are_left_out_of_backups(records):
     assert is_nobak_disk({"name_label": "[NOBAK] x"}) and not is_nobak_disk({"name_label": "x [NOBAK]"})
 
 
+def test_nobak_tag_with_or_without_a_reason_skips_the_vm(records):
+    db = next(r for r in records if r["name_label"] == "db-01")
+    skipped = {
+        "xo:no-bak=Health Check": True,  # what a health check tags its VM with
+        "xo:no-bak=": True,
+        "xo:no-bak": True,
+        "xo:no-backup": False,
+        "xo:no-bak-please": False,
+    }
+    for tag, expected in skipped.items():
+        db["tags"] = ["prod", tag]
+        assert ("db-01" not in select(records, skip_no_backup=True)) is expected, tag
+        assert "db-01" in select(records), "only backups skip it"
+
+
 def test_from_params_matches_the_module_options(records):
     params = {
         "names": None,

@@ -99,6 +99,19 @@ def test_full_backup_with_start(run_module, lab, args):
         x.VM.hard_shutdown(ref)
 
 
+def test_a_start_failure_still_reports_the_restored_vm(run_module, lab, args):
+    sim, _, backups = lab
+    sim.fault(method="VM.start", action="fail_task", error=["HOST_NOT_ENOUGH_FREE_MEMORY", "1073741824", "0"])
+    run = run_module("restore", {**args, "backup": backups["delta1"].id, "name": "start-fails", "start": True})
+    assert_clean_failure(run, "which is kept, but it could not be started")
+    (ref,) = vms_named(sim, "start-fails")
+    with sim.xapi() as x:
+        uuid = x.VM.get_uuid(ref)
+    assert run.result["changed"] is True and run.result["already_restored"] is False
+    assert run.result["vm"] == {"uuid": uuid, "name_label": "start-fails", "power_state": "Halted"}
+    assert run.result["xapi_error"][0] == "HOST_NOT_ENOUGH_FREE_MEMORY"
+
+
 def test_health_check_passes_and_fails(run_module, lab, args):
     sim, _, backups = lab
     with sim.xapi() as x:
@@ -127,7 +140,7 @@ BAD_INPUT = [
     ({"vm": "ghost"}, ["No backup of VM 'ghost'", "tiny-01"]),
     ({"vm": " "}, ["vm must name a VM"]),
     ({"vm": "tiny-01", "at": "yesterday"}, ["at='yesterday' is not a point in time"]),
-    ({"vm": "tiny-01", "at": "2020-01-01"}, ["No backup of VM 'tiny-01' dated at or before 20200101T235959Z"]),
+    ({"vm": "tiny-01", "at": "2020-01-01"}, ["No backup of VM 'tiny-01' dated at or before 2020-01-01T23:59:59.999Z"]),
     ({"backup": "x", "vm": "tiny-01"}, ["mutually exclusive", "backup", "vm"]),
     ({"backup": "x", "at": "latest"}, ["mutually exclusive", "at"]),
     ({}, ["one of the following is required: backup, vm"]),
@@ -175,6 +188,59 @@ def test_disk_srs_on_a_full_backup(run_module, lab, args):
     _, _, backups = lab
     run = run_module("restore", {**args, "backup": backups["full"].id, "disk_srs": {"1": None}})
     assert_clean_failure(run, "disk_srs applies to incremental backups only")
+
+
+def test_two_disk_srs_keys_for_one_disk_must_agree(run_module, lab, args):
+    _, _, backups = lab
+    fixture = backups["delta1"]
+    live = fixture.disks["0"].live_uuid
+    run = run_module("restore", {**args, "backup": fixture.id, "disk_srs": {"0": None, live: "Local storage"}})
+    assert_clean_failure(run, "disk_srs names disk 'tiny-01 root' (position 0) twice", f"'0' and '{live}'")
+    check = {**args, "backup": fixture.id, "_ansible_check_mode": True}
+    run = run_module("restore", {**check, "disk_srs": {"0": "Local storage", live: "Local storage"}})
+    assert run.rc == 0 and run.result["plan"]["disks"][0]["skipped"] is False, run
+
+
+def test_new_mac_addresses_need_a_readable_ova_xml(run_module, lab, args):
+    _, _, backups = lab
+    no_zstd = "import sys\nsys.modules['zstandard'] = None\n"  # the lab's full backup is zstd-compressed
+    full = {**args, "backup": backups["full"].id, "_ansible_check_mode": True}
+    run = run_module("restore", {**full, "new_mac_addresses": True}, prelude=no_zstd)
+    assert_clean_failure(run, "new_mac_addresses cannot be applied", "pip install zstandard")
+    run = run_module("restore", full, prelude=no_zstd)  # the XVA itself goes to XAPI as stored
+    assert run.rc == 0 and run.result["plan"]["vifs"] == [], run
+
+
+def test_latest_warns_about_unreadable_metadata(run_module, lab, args):
+    _, remote, backups = lab
+    damaged = f"xo-vm-backups/{backups['delta1'].vm_uuid}/20300101T000000Z.json"
+    remote.storage.write_bytes(damaged, b'{"mode": "delta", "timestamp": 18')  # the newest, cut short
+    try:
+        run = run_module("restore", {**args, "vm": "tiny-01", "_ansible_check_mode": True})
+    finally:
+        remote.storage.delete(damaged)
+    assert run.rc == 0 and run.result["backup"]["id"] == backups["unbootable"].id, run
+    assert [w for w in run.warnings if damaged in w and "could not be read" in w], run.warnings
+
+
+def test_remotes_encrypted_by_xen_orchestra_are_refused_plainly(run_module, args, tmp_path):
+    # What a remote with an encryption key holds: encryption.json in clear, every other file encrypted.
+    root = tmp_path / "encrypted"
+    bid = "xo-vm-backups/11111111-1111-4111-8111-111111111111/20240618T020003Z.json"
+    (root / bid).parent.mkdir(parents=True)
+    (root / bid).write_bytes(bytes(range(256)) * 4)
+    (root / "encryption.json").write_text('{"algorithm":"aes-256-gcm"}')
+    url = f"file://{root}"
+    runs = [
+        run_module("restore", {**args, "remote": url, "backup": bid}),
+        run_module("restore", {**args, "remote": url, "vm": "web-01"}),
+        run_module("backup_info", {"remote": url, "progress_dir": str(tmp_path / "progress")}),  # lists the same
+    ]
+    for run in runs:
+        assert_clean_failure(run, "is encrypted by Xen Orchestra", "'aes-256-gcm'", "not supported")
+    (root / "encryption.json").write_text('{"algorithm":"none"}')  # XO's mark of a remote in clear
+    run = run_module("restore", {**args, "remote": url, "backup": bid})
+    assert_clean_failure(run, "metadata is invalid")
 
 
 def test_no_secret_in_output(run_module, lab, args):

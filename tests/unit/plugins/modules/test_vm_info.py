@@ -186,6 +186,20 @@ def test_missing_hostname_is_a_clear_error(run_module):
 
 
 # -- authentication and authorization ------------------------------------------------------------
+def test_a_no_bak_tag_with_a_reason_excludes_the_vm_as_backups_do(run_module, connection, demo_sim):
+    # Xen Orchestra tags its health-check VMs "xo:no-bak=Health Check": backups skip them, so say so.
+    with demo_sim.xapi() as x:
+        ref = x.VM.get_by_name_label("test-01")[0]
+        x.VM.add_tags(ref, "xo:no-bak=Health Check")
+        try:
+            run = run_module("vm_info", {**connection, "names": ["test-01", "web-01"]})
+        finally:
+            x.VM.remove_tags(ref, "xo:no-bak=Health Check")
+    assert run.rc == 0, run
+    vms = by_name(run)
+    assert (vms["test-01"]["excluded_from_backup"], vms["web-01"]["excluded_from_backup"]) == (True, False)
+
+
 def test_wrong_password_fails_with_sentence_and_never_shows_it(run_module, demo_sim):
     secret = "Wr0ng-Passw0rd-7f3a"
     run = run_module(
