@@ -56,7 +56,7 @@ class Survey:
             else:
                 try:
                     st = storage.stat(path)
-                except StorageError:
+                except NotFoundError:  # gone since the listing; any other error stops the clean-up
                     continue
                 if not st.is_dir:
                     self.files[name] = st.size

@@ -22,6 +22,7 @@ from ._vm_inventory import VmInventory
 from ._vm_selection import NO_BACKUP_DISK_PREFIX, VmSelection
 from ._xapi_client import XapiClient
 from ._xapi_errors import XapiError
+from ._xo_listing import encrypted_remote_message, remote_encryption
 
 NULL_REF = "OpaqueRef:NULL"
 
@@ -51,7 +52,13 @@ class BackupJob:
         storages = []
         try:
             for value in self.remotes:
-                storages.append(open_storage(value, self.params))
+                storage = open_storage(value, self.params)
+                storages.append(storage)
+                # Xen Orchestra encrypts the files of a remote with an encryption key: our plain files would
+                # not belong there, and the clean-up would take its unreadable metadata for invalid.
+                algorithm = remote_encryption(storage)
+                if algorithm is not None:
+                    raise StorageError(encrypted_remote_message(storage, algorithm))
         except BaseException:
             for s in storages:
                 with contextlib.suppress(Exception):
@@ -128,7 +135,7 @@ class BackupJob:
     def _disks_without_base(self, vm, base, storages):
         """Why each of ``vm``'s backed-up disks would go full although ``base`` exists (none: all delta)."""
         reasons = []
-        for disk in vm["disks"]:
+        for disk in sorted(vm["disks"], key=lambda d: d["uuid"]):  # the run's order: by live disk uuid
             name = disk["name_label"]
             if name.startswith(NO_BACKUP_DISK_PREFIX):
                 continue

@@ -34,7 +34,6 @@ from ._xapi_http import READ_SIZE, put_stream
 from ._xapi_tasks import run_async
 from ._xo_checksum import XvaChecksum
 from ._xo_layout import format_filename_date
-from ._xva_ovaxml import objects_of_class
 
 RESTORED_TAG = "restored from backup"
 # Which backup a VM was restored from (the backup id); how a second restore of it is recognised.
@@ -321,9 +320,9 @@ class Created:
         self.client = client
         self.vm = None
         self.vdis = []
-        # Network refs before an XVA import: XAPI's import creates the networks of the XVA the pool lacks.
-        self.networks_before = None
-        self.network_names = None  # the XVA's networks (name_label and bridge), when ova.xml was read
+        # Networks XAPI's import created for the imported VM's VIFs (it creates those the pool lacks). They
+        # go once no VIF uses them any more: mapped elsewhere, or the VM destroyed (a health check, a failure).
+        self.new_networks = set()
 
     def add_vm_disks(self, vm_ref):
         """Track the VDIs of an imported VM (found through its VBDs)."""
@@ -351,24 +350,33 @@ class Created:
         self.vm, self.vdis = None, []
         return problems + self.drop_new_networks()
 
+    def note_new_networks(self, vm_ref, before):
+        """Remember which networks of the imported VM's VIFs were not in ``before`` (refs before the import).
+
+        Only the imported VM's own: a network that appeared meanwhile for anything else is not ours to remove.
+        """
+        if before is None:
+            return
+        try:
+            vifs = self.client.call("VIF.get_all_records_where", f'field "VM"="{vm_ref}"')
+        except XapiError:
+            return
+        self.new_networks |= {rec.get("network") for rec in vifs.values()} - set(before) - {None, NULL_REF}
+
     def drop_new_networks(self):
-        """Destroy the networks the import created that no VIF or PIF uses; returns the problems met."""
-        if self.networks_before is None or self.network_names is None:
-            return []  # without the XVA's own list, a new network may just as well be someone else's
+        """Destroy the noted networks that no VIF or PIF uses; returns the problems met (never raises)."""
         problems = []
-        call = self.client.call
-        names = self.network_names
-        for ref, rec in call("network.get_all_records").items():
-            if ref in self.networks_before or rec.get("VIFs") or rec.get("PIFs"):
-                continue
-            if rec.get("name_label") not in names and rec.get("bridge") not in names:
-                continue  # not one of the XVA's: someone else's
+        for ref in sorted(self.new_networks):
             try:
-                call("network.destroy", ref)
+                rec = self.client.call("network.get_record", ref)
+                if rec.get("VIFs") or rec.get("PIFs"):
+                    continue  # in use: kept, and looked at again if the VM is removed after all
+                self.client.call("network.destroy", ref)
             except XapiError as e:
                 if e.code != "HANDLE_INVALID":
-                    problems.append(f"network {rec.get('name_label')!r} could not be removed ({e})")
-        self.networks_before = None
+                    problems.append(f"network {ref} could not be removed ({e})")
+                    continue
+            self.new_networks.discard(ref)
         return problems
 
 
@@ -462,10 +470,10 @@ class Restore:
                 self.warn(warning)
             source = VerifiedReader(stream, size, expected, self.force, backup.xva)
             sr_name = plan.pool.sr_summary(plan.sr_ref)["name_label"]
-            if plan.xva_header is not None:
-                nets = objects_of_class(plan.xva_header, "network").values()
-                self.created.network_names = {n.get(k) for n in nets for k in ("name_label", "bridge") if n.get(k)}
-            self.created.networks_before = set(self.call("network.get_all"))
+            try:
+                networks_before = self.call("network.get_all")
+            except XapiError:
+                networks_before = None  # then no network is removed afterwards
             try:
                 refs = put_stream(self.client, "/import", source, size, f"Import to SR {sr_name!r}", sr_id=plan.sr_ref)
             finally:
@@ -481,6 +489,7 @@ class Restore:
         self.outcome.vm_ref = vm_ref = refs[0]
         self.created.vm = vm_ref
         self.created.add_vm_disks(vm_ref)
+        self.created.note_new_networks(vm_ref, networks_before)
         if len(refs) > 1:
             self.warn(f"The XVA held {len(refs)} VMs; only the first one was set up as the restored VM.")
         record = self.call("VM.get_record", vm_ref)

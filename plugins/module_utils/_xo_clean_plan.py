@@ -14,7 +14,10 @@ Rules followed:
   broken VHDs are deleted and any delta backup that uses one loses its JSON. A full backup whose XVA
   is missing loses its JSON and checksum; an XVA of the wrong size only produces a warning.
 * A ``.<parent>.merge.json`` next to an existing parent is an interrupted merge: it is resumed
-  (``resume_merge``) and nothing else touches that chain this time; one whose parent is gone is removed.
+  (``resume_merge``) and nothing else touches that chain this time. One whose parent is gone had
+  already renamed it: if it was cleaning up and its target is sound, the clean-up and the backups'
+  metadata are finished (``resume_merge`` again), else the state is removed. A state that names no
+  chain is removed and the merge planned again from the VHDs.
 * XO allows one child per parent. Choice: if an unused VHD still has several surviving children, it
   is kept and a warning is given, rather than guessing which chain to merge.
 * Root files no backup references (other than ``cache.json.gz``), VHD directories no alias points to,
@@ -144,7 +147,7 @@ def plan_clean_vm(
     for bid, why in deleted.items():
         actions.append(Action("delete_metadata", bid, why))
 
-    pinned = _interrupted_merges(merge_states or {}, vm_dir, vhds, referenced, remove, actions, warnings)
+    pinned = _interrupted_merges(merge_states or {}, vm_dir, vhds, broken, referenced, remove, actions, warnings)
     results = _plan_unused(vhds, broken, referenced, pinned, merge, warnings)
     doomed = set()
     for path, result in results.items():
@@ -256,7 +259,7 @@ def _check_backups(backups, deleted, vhds, broken, files, remove, warnings):
                 deleted[bid] = f"disk unusable: {'; '.join(problems)}"
 
 
-def _interrupted_merges(states, vm_dir, vhds, referenced, remove, actions, warnings) -> set:
+def _interrupted_merges(states, vm_dir, vhds, broken, referenced, remove, actions, warnings) -> set:
     pinned = set()
     for state_path, state in sorted(states.items()):
         directory, name = posixpath.split(state_path)
@@ -269,7 +272,8 @@ def _interrupted_merges(states, vm_dir, vhds, referenced, remove, actions, warni
                     chain.append(candidate)
                     break
         if parent not in vhds:
-            if chain and isinstance(state, Mapping) and state.get("step") in _CLEANUP_STEPS:
+            finishing = isinstance(state, Mapping) and state.get("step") in _CLEANUP_STEPS
+            if chain and finishing and chain[-1] not in broken:
                 # Killed after the parent took the newest child's name: only the folded-in children
                 # and the backups' post-merge metadata are left to do.
                 pinned.update(chain)
@@ -280,10 +284,11 @@ def _interrupted_merges(states, vm_dir, vhds, referenced, remove, actions, warni
                 actions.append(Action("delete_merge_state", state_path, f"{parent} no longer exists"))
             continue
         if len(chain) < 2:
-            # Unreadable, or names no child: which merge it was cannot be known. A VHD file merge starts
-            # again from the VHDs as they are (it rewrites the parent's blocks from the child, so a
-            # partly done one is simply done again); a directory merge that had already moved blocks
-            # then fails with the block that is missing, rather than losing the state's file silently.
+            # Unreadable, or names no child: which merge it was cannot be known, so it is planned again from
+            # the VHDs as they are. A VHD file merge that was copying blocks is simply done again (it rewrites
+            # the parent's blocks from the child). One that had already given the parent the child's identity,
+            # or a directory merge that had moved blocks, then fails on that and says so, every run, rather
+            # than guessing.
             warnings.append(f"{state_path}: interrupted merge whose state names no chain; planned again from the VHDs")
             if remove:
                 actions.append(Action("delete_merge_state", state_path, "its state names no chain"))

@@ -109,7 +109,8 @@ options:
         network on that VLAN. The last resort is the pool's default network, the one of the pool
         master's management interface. This is what Xen Orchestra does.
       - For full backups, XAPI's import places the interfaces on networks not listed (same bridge, then
-        same name, else a new network).
+        same name, else a new network). A network the import created is removed again when no interface
+        ends up on it (mapped elsewhere, left out, or the VM removed by a health check or a failure).
     type: dict
   start:
     description:

@@ -64,14 +64,13 @@ EXAMPLES = r"""
       hostname: "{{ lookup('ansible.builtin.env', 'XAPI_HOST') }}"
       password: "{{ lookup('ansible.builtin.env', 'XAPI_PASSWORD') }}"
   block:
-    - name: Read VMs that are not excluded from backups
+    - name: Read the VMs
       xapi.proxy.vm_info:
-        exclude_tags: ["xo:no-bak"]
       register: candidates
 
-    - name: Print them
+    - name: Print those backups do not skip (tagged xo:no-bak, with or without a reason)
       ansible.builtin.debug:
-        msg: "{{ candidates.vms | map(attribute='name_label') | list }}"
+        msg: "{{ candidates.vms | rejectattr('excluded_from_backup') | map(attribute='name_label') | list }}"
 
 - name: VMs with more than 1 GiB of memory that have a disk on the NFS SR
   xapi.proxy.vm_info:

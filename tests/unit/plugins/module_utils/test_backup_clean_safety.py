@@ -168,3 +168,43 @@ def test_check_mode_sees_a_base_missing_on_one_remote_as_the_run_does(tiny, tmp_
     (planned,) = plan["vms"]
     assert (planned["mode"], planned["reason"]) == (vm["mode"], vm["reason"]) == ("full", vm["reason"])
     assert vm["reason"].count("is missing on file://" + str(second)) == 2, vm["reason"]
+
+
+def test_a_failed_stat_of_an_xva_aborts_the_clean_up_and_deletes_nothing(tiny, tmp_path):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    ids = [backup(tiny, remote, tmp_path, mode="full", compression="none", retention=5)["backup_id"] for _ in range(2)]
+    vm_uuid = metadata(remote, ids[0])["vm"]["uuid"]
+    xva = metadata(remote, ids[0])["xva"]
+    storage = open_remote(f"file://{remote}")
+
+    class Flaky(type(storage)):
+        def stat(self, path, *args, **kwargs):
+            if path.endswith(xva.lstrip("./")):
+                raise StorageError(f"cannot stat {path}: timed out", path)
+            return super().stat(path, *args, **kwargs)
+
+    flaky = Flaky.__new__(Flaky)
+    flaky.__dict__.update(storage.__dict__)
+    before = remote_files(remote)
+    with pytest.raises(StorageError, match="timed out"):
+        clean(flaky, vm_uuid)
+    assert remote_files(remote) == before
+
+
+def test_the_backup_refuses_a_remote_encrypted_by_xen_orchestra_and_touches_nothing(tiny, tmp_path):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    vm_uuid = backup(tiny, remote, tmp_path, mode="full", compression="none")["uuid"]
+    # What XO leaves on a remote with an encryption key: encryption.json, and metadata we cannot read.
+    (remote / "encryption.json").write_text('{"algorithm":"aes-256-gcm"}')
+    encrypted = remote / "xo-vm-backups" / vm_uuid / "20240101T000000Z.json"
+    encrypted.write_bytes(os.urandom(300))
+    before = remote_files(remote)
+
+    rc, result = run_module("backup", module_args(tiny, remote, tmp_path, mode="full", compression="none"))
+
+    assert rc == 1 and "Traceback" not in str(result), result
+    (vm,) = result["vms"]
+    assert vm["status"] == "failure" and "encrypted remotes are not supported" in vm["error"], vm
+    assert remote_files(remote) == before

@@ -199,6 +199,29 @@ def test_interrupted_merge_is_resumed_and_orphan_states_removed():
     assert not plan.of_kind("delete_vhd")  # the half-merged parent is not deleted
 
 
+def test_a_merge_killed_after_its_rename_is_finished_unless_its_target_is_broken():
+    """The parent (day 1) already took the child's name (day 2): the clean-up and the metadata are what is
+    left. But if that VHD has since lost an ancestor it is broken, deleted, and the state must go too."""
+    state = {"chain": [f"{ts(1)}.vhd", f"{ts(2)}.vhd"], "step": "cleanup", "mergedDataSize": 1024}
+    path = f"{DISKS}/{VDI}/.{ts(1)}.vhd.merge.json"
+    backups = {bid(d): delta(d) for d in (2, 3)}
+    sound = plan_clean_vm(VM, backups=backups, vhds={vhd(2): None, vhd(3): vhd(2)}, merge_states={path: state})
+    assert kinds(sound) == [("resume_merge", vhd(2))]
+    (resume,) = sound.of_kind("resume_merge")
+    assert (resume.chain, resume.backups, resume.state) == ((vhd(2),), (bid(2),), path)
+
+    orphaned = {vhd(2): vhd(0), vhd(3): vhd(2)}  # vhd(2)'s header names a parent that is gone
+    broken = plan_clean_vm(VM, backups=backups, vhds=orphaned, merge_states={path: state})
+    assert ("delete_merge_state", path) in kinds(broken) and not broken.of_kind("resume_merge")
+    assert ("delete_vhd", vhd(2)) in kinds(broken)
+
+    state_of_a_copy = {**state, "step": "mergeBlocks"}  # not cleaning up: nothing to finish, the state goes
+    copying = plan_clean_vm(
+        VM, backups=backups, vhds={vhd(2): None, vhd(3): vhd(2)}, merge_states={path: state_of_a_copy}
+    )
+    assert kinds(copying) == [("delete_merge_state", path)]
+
+
 def test_full_backups_files_and_checks():
     files = {
         f"{ts(1)}.json": 300, f"{ts(1)}.xva": 4096, f"{ts(1)}.xva.checksum": 36,   # retention deletes it
