@@ -136,8 +136,8 @@ def can_merge(storage, survey=None):
     return kinds == {True}
 
 
-def plan(storage, vm_uuid, delete=()):
-    survey = Survey(storage, vm_uuid)
+def plan(storage, vm_uuid, delete=(), survey=None):
+    survey = Survey(storage, vm_uuid) if survey is None else survey
     inputs = {
         "backups": survey.backups,
         "vhds": survey.vhds,
@@ -163,6 +163,24 @@ def plan(storage, vm_uuid, delete=()):
             "stay restorable but use more space"
         )
     return survey, result
+
+
+def plan_retention(storage, vm_uuid, spec, new_backup):
+    """Check mode: what retention removes and merges once the run's backup is written, as ``(ids, plan)``.
+
+    ``new_backup`` is ``(backup_id, metadata, vhds)``, what the run would write: ``vhds`` maps each of its
+    VHD paths to its parent's (None for a full disk). None of it exists yet; it joins the survey so that
+    retention counts it, as the run's retention does, and merges fold old deltas into it.
+    """
+    survey = Survey(storage, vm_uuid)
+    backup_id, metadata, vhds = new_backup
+    survey.backups[backup_id] = metadata
+    survey.vhds.update(vhds)
+    if metadata.get("mode") == "full":
+        survey.files[posixpath.basename(metadata["xva"])] = metadata["size"]
+    doomed = [bid for bid in old_backups(survey, spec) if bid != backup_id]
+    _, result = plan(storage, vm_uuid, delete=doomed, survey=survey)
+    return doomed, result
 
 
 def apply_retention(storage, vm_uuid, spec, on_progress=None, keep=None):

@@ -12,17 +12,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import _backup_snapshots as snapshots
-from ._backup_clean import old_backups, plan
+from ._backup_clean import plan_retention
 from ._backup_progress import JobLock, Progress
 from ._backup_targets import find_base_vhd
 from ._backup_vm import VmBackup
 from ._remote_options import DEFAULT_REMOTES_DIR, open_storage, resolve
 from ._storage import StorageError
+from ._vhd_directory_write import uses_vhd_directory
 from ._vm_inventory import VmInventory
 from ._vm_selection import NO_BACKUP_DISK_PREFIX, VmSelection
 from ._xapi_client import XapiClient
 from ._xapi_errors import XapiError
+from ._xo_clean_plan import MIN_XVA_SIZE
+from ._xo_layout import metadata_path, vdis_dir, vhd_relative_path, vm_backup_dir
 from ._xo_listing import encrypted_remote_message, remote_encryption
+from ._xo_metadata import build_delta_metadata, build_full_metadata
 
 NULL_REF = "OpaqueRef:NULL"
 
@@ -89,7 +93,7 @@ class BackupJob:
         disks = [d for d in vm["disks"] if not d["name_label"].startswith(NO_BACKUP_DISK_PREFIX)]
         vdis = inventory.raw.get("VDI", {})
         full_bytes = sum(int(vdis[inventory.vdi_ref[d["uuid"]]].get("physical_utilisation") or 0) for d in disks)
-        mode, reason = "full", "full mode"
+        mode, reason, parents = "full", "full mode", {}
         if self.spec.mode == "incremental":
             base = snapshots.base_snapshot(client, record, self.spec.job_id)
             chain = int(base.record["other_config"].get(snapshots.K_CHAIN) or 0) if base else 0
@@ -101,7 +105,7 @@ class BackupJob:
                 mode, reason = "incremental", f"delta on top of snapshot {base.uuid} ({chain} deltas so far)"
                 # As the run decides, per disk and remote: a disk whose base VHD (or one of its ancestors)
                 # is not on every remote goes full, and the VM is incremental while any disk is not.
-                fulls = self._disks_without_base(vm, base, storages)
+                parents, fulls = self._base_vhds(vm, base, storages)
                 if len(fulls) == len(disks):
                     mode, reason = "full", "; ".join(fulls)
                 elif fulls:
@@ -109,10 +113,9 @@ class BackupJob:
         retention = {}
         for storage in storages:
             try:
-                survey, _ = plan(storage, vm["uuid"])
-                # One backup more is about to exist: count it when asking what retention drops.
-                doomed = old_backups(survey, _SpecWithRoom(self.spec))
-                _, after = plan(storage, vm["uuid"], delete=doomed)
+                # Retention counts the backup this run would write, and merges fold old deltas into it.
+                new_backup = self._new_backup(vm, record, disks, storage, parents if mode == "incremental" else {})
+                doomed, after = plan_retention(storage, vm["uuid"], self.spec, new_backup)
                 retention[storage.display] = {
                     "remove": doomed,
                     "merge": [a.to_dict() for a in after.of_kind("merge")],
@@ -132,9 +135,10 @@ class BackupJob:
             "retention": retention,
         }
 
-    def _disks_without_base(self, vm, base, storages):
-        """Why each of ``vm``'s backed-up disks would go full although ``base`` exists (none: all delta)."""
-        reasons = []
+    def _base_vhds(self, vm, base, storages):
+        """As the run decides, per disk: ``({disk uuid: {storage: base VHD path}}, reasons)``; a disk whose
+        base VHD (or one of its ancestors) is not on every remote goes full, with the reason why."""
+        parents, reasons = {}, []
         for disk in sorted(vm["disks"], key=lambda d: d["uuid"]):  # the run's order: by live disk uuid
             name = disk["name_label"]
             if name.startswith(NO_BACKUP_DISK_PREFIX):
@@ -143,12 +147,38 @@ class BackupJob:
             if base_disk is None:
                 reasons.append(f"disk {name!r} is new since the base")
                 continue
-            base_uuid = base_disk["record"]["uuid"]
+            base_uuid, found = base_disk["record"]["uuid"], {}
             for storage in storages:
-                if find_base_vhd(storage, vm["uuid"], self.spec.job_id, disk["uuid"], base_uuid) is None:
+                vhd = find_base_vhd(storage, vm["uuid"], self.spec.job_id, disk["uuid"], base_uuid)
+                if vhd is None:
                     reasons.append(f"disk {name!r}: its base, or a VHD it depends on, is missing on {storage.display}")
                     break
-        return reasons
+                found[storage] = f"{vdis_dir(vm['uuid'], self.spec.job_id, disk['uuid'])}/{vhd[0]}"
+            else:
+                parents[disk["uuid"]] = found
+        return parents, reasons
+
+    def _new_backup(self, vm, record, disks, storage, parents):
+        """``(id, metadata, vhds)`` of the backup a run would write now on ``storage``, for the plan."""
+        spec, when = self.spec, int(self.clock()) * 1000
+        while storage.exists(metadata_path(vm["uuid"], when)):  # the run waits for a free second; so does this
+            when += 1000
+        if spec.mode == "full":
+            metadata = build_full_metadata(
+                job_id=spec.job_id, schedule_id=spec.schedule_id, timestamp=when, vm=record, vm_snapshot=None,
+                size=MIN_XVA_SIZE,
+            )  # fmt: skip
+            return metadata_path(vm["uuid"], when), metadata, {}
+        directories = uses_vhd_directory(storage)
+        refs = {disk["uuid"]: f"OpaqueRef:planned-{i}" for i, disk in enumerate(disks)}
+        relative = {refs[u]: vhd_relative_path(spec.job_id, u, when, directories) for u in refs}
+        vhds = {f"{vm_backup_dir(vm['uuid'])}/{relative[refs[u]]}": parents.get(u, {}).get(storage) for u in refs}
+        metadata = build_delta_metadata(
+            job_id=spec.job_id, schedule_id=spec.schedule_id, timestamp=when, vm=record, vm_snapshot=record,
+            vdis={refs[u]: {"uuid": refs[u], "$snapshot_of$uuid": u} for u in refs}, vbds={}, vifs={},
+            vhds=relative, is_vhd_differencing={refs[u]: u in parents for u in refs}, size=0,
+        )  # fmt: skip
+        return metadata_path(vm["uuid"], when), metadata, vhds
 
     # -- run ----------------------------------------------------------------------------------------
     def run(self, client, progress_dir):
@@ -215,11 +245,3 @@ class BackupJob:
             for s in storages:
                 with contextlib.suppress(Exception):
                     s.close()
-
-
-class _SpecWithRoom:
-    """The job's spec as retention sees it just before a new backup lands (keeps ``retention - 1``)."""
-
-    def __init__(self, spec):
-        self.__dict__.update(spec.__dict__)
-        self.retention = max(0, spec.retention - 1)

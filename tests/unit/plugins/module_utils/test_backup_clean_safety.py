@@ -208,3 +208,28 @@ def test_the_backup_refuses_a_remote_encrypted_by_xen_orchestra_and_touches_noth
     (vm,) = result["vms"]
     assert vm["status"] == "failure" and "encrypted remotes are not supported" in vm["error"], vm
     assert remote_files(remote) == before
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"retention": 1}, {"retention": 1, "long_term_retention": {"daily": 2}}],
+    ids=["merges", "same-day-long-term"],
+)
+def test_check_mode_plans_the_retention_the_run_then_applies(tiny, tmp_path, settings):
+    """The plan counts the backup the run is about to write: with retention 1 the previous backup goes and
+    its deltas merge into the new one; a second backup of the day takes the day's long-term slot."""
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    first = backup(tiny, remote, tmp_path, **settings)
+    tiny.write(live_disks(tiny)["0"], os.urandom(100_000), offset=MiB)
+
+    rc, plan = run_module("backup", {**module_args(tiny, remote, tmp_path, **settings), "_ansible_check_mode": True})
+    assert rc == 0, plan.get("msg")
+    vm = backup(tiny, remote, tmp_path, **settings)
+
+    (planned,) = plan["vms"][0]["retention"].values()
+    (done,) = vm["retention"].values()
+    assert planned["remove"] == done["removed"] == [first["backup_id"]]
+    # Merged into the new backup's VHDs: same chains, the new one named by the plan's clock.
+    assert [len(m["chain"]) for m in planned["merge"]] == [len(m["chain"]) for m in done["merged"]] == [2, 2]
+    assert [m["chain"][0] for m in planned["merge"]] == [m["chain"][0] for m in done["merged"]]
