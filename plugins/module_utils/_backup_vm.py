@@ -318,6 +318,8 @@ class VmBackup:
             if base_disk is not None:
                 base_uuid = base_disk["record"]["uuid"]
                 for t in sinks_by_target:
+                    if not t.ok:  # failed on an earlier disk: its remote must not force the others to a full
+                        continue
                     found = t.find_base_vhd(self.spec.job_id, live_uuid, base_uuid)
                     if found is None:
                         name = disk["record"]["name_label"]

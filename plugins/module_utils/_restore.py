@@ -312,6 +312,17 @@ def find_restored(client, name, backup_id):
     return None
 
 
+def leftover_imports(client, name, backup_id):
+    """UUIDs of ``[Importing…] <name>`` VMs restored from ``backup_id``: what a restore that was killed
+    (Ansible's async timeout sends SIGKILL) left behind, or one that is running right now."""
+    found = []
+    for ref in client.call("VM.get_by_name_label", IMPORTING + name):
+        rec = client.call("VM.get_record", ref)
+        if (rec.get("other_config") or {}).get(RESTORED_FROM_KEY) == backup_id:
+            found.append(rec.get("uuid"))
+    return sorted(found)
+
+
 # -- cleanup ------------------------------------------------------------------------------------
 class Created:
     """Objects a restore created, removed again by :meth:`undo` when it fails."""
@@ -761,6 +772,13 @@ def restore_backup(
             if check_mode and outcome.changed:
                 outcome.vm["power_state"] = "Running"
             return outcome
+    if warn is not None:
+        # Not removed: from here it cannot be told from a restore of the same backup running right now.
+        for uuid in leftover_imports(client, target, backup.id):
+            warn(
+                f"VM {IMPORTING + target!r} ({uuid}) holds an earlier restore of this backup that never finished. "
+                f"Unless a restore of it is running now, remove it: xe vm-uninstall uuid={uuid} force=true"
+            )
     plan = plan_restore(
         client,
         storage,

@@ -223,6 +223,28 @@ def test_latest_warns_about_unreadable_metadata(run_module, lab, args):
     assert [w for w in run.warnings if damaged in w and "could not be read" in w], run.warnings
 
 
+def test_a_killed_restores_leftover_vm_is_reported_not_removed(run_module, lab, args):
+    sim, _, backups = lab
+    backup = backups["delta1"]
+    # What a restore killed mid-transfer leaves (Ansible's async timeout sends SIGKILL): the VM it created.
+    with sim.xapi() as x:
+        template = x.VM.get_by_name_label("tiny-01")[0]
+        left = x.VM.clone(template, "[Importing…] leftover")
+        x.VM.add_to_other_config(left, "xapi.proxy:restored_from", backup.id)
+        left_uuid = x.VM.get_uuid(left)
+    try:
+        run = run_module("restore", {**args, "backup": backup.id, "name": "leftover", "_ansible_check_mode": True})
+        assert run.rc == 0, run
+        assert [w for w in run.warnings if left_uuid in w and "never finished" in w], run.warnings
+        check_other = {**args, "backup": backups["delta2"].id, "name": "leftover", "_ansible_check_mode": True}
+        other = run_module("restore", check_other)
+        assert not [w for w in other.warnings if left_uuid in w], other.warnings  # another backup's restore
+        assert len(vms_named(sim, "[Importing…] leftover")) == 1  # reported, never removed
+    finally:
+        with sim.xapi() as x:
+            x.VM.destroy(left)
+
+
 def test_remotes_encrypted_by_xen_orchestra_are_refused_plainly(run_module, args, tmp_path):
     # What a remote with an encryption key holds: encryption.json in clear, every other file encrypted.
     root = tmp_path / "encrypted"
