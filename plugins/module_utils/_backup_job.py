@@ -106,15 +106,17 @@ class BackupJob:
                 # As the run decides, per disk and remote: a disk whose base VHD (or one of its ancestors)
                 # is not on every remote goes full, and the VM is incremental while any disk is not.
                 parents, fulls = self._base_vhds(vm, base, storages)
-                if len(fulls) == len(disks):
+                if disks and len(fulls) == len(disks):
                     mode, reason = "full", "; ".join(fulls)
                 elif fulls:
                     reason += "; " + "; ".join(fulls)
         retention = {}
+        when = self._backup_time(vm["uuid"], storages)
         for storage in storages:
             try:
                 # Retention counts the backup this run would write, and merges fold old deltas into it.
-                new_backup = self._new_backup(vm, record, disks, storage, parents if mode == "incremental" else {})
+                differencing = parents if mode == "incremental" else {}
+                new_backup = self._new_backup(vm, record, disks, storage, differencing, when)
                 doomed, after = plan_retention(storage, vm["uuid"], self.spec, new_backup)
                 retention[storage.display] = {
                     "remove": doomed,
@@ -158,11 +160,24 @@ class BackupJob:
                 parents[disk["uuid"]] = found
         return parents, reasons
 
-    def _new_backup(self, vm, record, disks, storage, parents):
-        """``(id, metadata, vhds)`` of the backup a run would write now on ``storage``, for the plan."""
-        spec, when = self.spec, int(self.clock()) * 1000
-        while storage.exists(metadata_path(vm["uuid"], when)):  # the run waits for a free second; so does this
+    def _backup_time(self, vm_uuid, storages):
+        """The run's timestamp for a backup made now: one for all remotes, in a second none of them holds
+        a backup of (the run waits for it; the plan just takes it)."""
+        when = int(self.clock()) * 1000
+
+        def taken(storage):
+            try:
+                return storage.exists(metadata_path(vm_uuid, when))
+            except StorageError:
+                return False  # the plan reports that remote's error where it reads it
+
+        while any(taken(s) for s in storages):
             when += 1000
+        return when
+
+    def _new_backup(self, vm, record, disks, storage, parents, when):
+        """``(id, metadata, vhds)`` of the backup a run would write at ``when`` on ``storage``, for the plan."""
+        spec = self.spec
         if spec.mode == "full":
             metadata = build_full_metadata(
                 job_id=spec.job_id, schedule_id=spec.schedule_id, timestamp=when, vm=record, vm_snapshot=None,

@@ -318,6 +318,8 @@ def leftover_imports(client, name, backup_id):
     found = []
     for ref in client.call("VM.get_by_name_label", IMPORTING + name):
         rec = client.call("VM.get_record", ref)
+        if rec.get("is_a_snapshot") or rec.get("is_a_template"):
+            continue
         if (rec.get("other_config") or {}).get(RESTORED_FROM_KEY) == backup_id:
             found.append(rec.get("uuid"))
     return sorted(found)

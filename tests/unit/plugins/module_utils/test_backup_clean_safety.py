@@ -227,6 +227,8 @@ def test_check_mode_plans_the_retention_the_run_then_applies(tiny, tmp_path, set
     assert rc == 0, plan.get("msg")
     vm = backup(tiny, remote, tmp_path, **settings)
 
+    if Path(first["backup_id"]).name[:8] != Path(vm["backup_id"]).name[:8]:  # UTC dates, the job's timezone
+        pytest.skip("midnight passed between the two backups: the second one starts a new day")
     (planned,) = plan["vms"][0]["retention"].values()
     (done,) = vm["retention"].values()
     assert planned["remove"] == done["removed"] == [first["backup_id"]]

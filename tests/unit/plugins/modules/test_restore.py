@@ -232,16 +232,19 @@ def test_a_killed_restores_leftover_vm_is_reported_not_removed(run_module, lab, 
         left = x.VM.clone(template, "[Importing…] leftover")
         x.VM.add_to_other_config(left, "xapi.proxy:restored_from", backup.id)
         left_uuid = x.VM.get_uuid(left)
+        snap = x.VM.snapshot(left, "[Importing…] leftover")  # same name and keys, but no VM to uninstall
     try:
         run = run_module("restore", {**args, "backup": backup.id, "name": "leftover", "_ansible_check_mode": True})
         assert run.rc == 0, run
-        assert [w for w in run.warnings if left_uuid in w and "never finished" in w], run.warnings
+        (warning,) = [w for w in run.warnings if "never finished" in w]
+        assert left_uuid in warning and f"xe vm-uninstall uuid={left_uuid} force=true" in warning
         check_other = {**args, "backup": backups["delta2"].id, "name": "leftover", "_ansible_check_mode": True}
         other = run_module("restore", check_other)
         assert not [w for w in other.warnings if left_uuid in w], other.warnings  # another backup's restore
-        assert len(vms_named(sim, "[Importing…] leftover")) == 1  # reported, never removed
+        assert len(vms_named(sim, "[Importing…] leftover")) == 2  # the VM and its snapshot: never removed
     finally:
         with sim.xapi() as x:
+            x.VM.destroy(snap)
             x.VM.destroy(left)
 
 
