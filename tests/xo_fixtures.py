@@ -516,6 +516,21 @@ class XoJob:
         return {rec["userdevice"]: self.sim.sha256(vdi["uuid"]) for _, rec, vdi in self._disk_vbds(self.vm_ref(vm))}
 
 
+def full_backup_on_a_lost_network(job, vm="tiny-01"):
+    """A full backup of ``vm`` with a second VIF on "Private LAN", a network the pool no longer has once
+    the backup is made: restoring it, XAPI's import creates that network again."""
+    vm_ref = job.vm_ref(vm)
+    net = job.call("network.create", {"name_label": "Private LAN", "name_description": "", "MTU": "1500",
+                                      "other_config": {}, "bridge": "xapi5"})  # fmt: skip
+    vif = job.call("VIF.create", {"device": "1", "network": net, "VM": vm_ref, "MAC": "", "MTU": "1500",
+                                  "other_config": {}, "qos_algorithm_type": "",
+                                  "qos_algorithm_params": {}})  # fmt: skip
+    fixture = job.full(vm, compression=None)
+    job.call("VIF.destroy", vif)
+    job.call("network.destroy", net)
+    return fixture
+
+
 def rewrite_metadata(remote, backup, change):
     """Apply ``change(metadata)`` to a backup's JSON on the remote and drop the stale cache (as if edited)."""
     md = json.loads(remote.storage.read_bytes(backup.id))

@@ -49,17 +49,22 @@ def failing_reads(storage, bad_path):
     return flaky
 
 
+def two_incrementals(sim, tmp_path):
+    """A remote with two incremental backups of tiny-01 (retention 5), a guest write on disk 0 between."""
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    disks = live_disks(sim)
+    first = backup(sim, remote, tmp_path, retention=5)
+    sim.write(disks["0"], os.urandom(300_000), offset=5 * MiB)
+    return remote, disks, first, backup(sim, remote, tmp_path, retention=5)
+
+
 def remote_files(remote):
     return sorted(str(p.relative_to(remote)) for p in remote.rglob("*") if p.is_file())
 
 
 def test_a_base_missing_an_ancestor_makes_that_disk_full_and_the_backup_stays(tiny, tmp_path):
-    remote = tmp_path / "remote"
-    remote.mkdir()
-    disks = live_disks(tiny)
-    first = backup(tiny, remote, tmp_path, retention=5)
-    tiny.write(disks["0"], os.urandom(300_000), offset=5 * MiB)
-    second = backup(tiny, remote, tmp_path, retention=5)
+    remote, disks, first, second = two_incrementals(tiny, tmp_path)
     disk_vhd(remote, first["backup_id"], disks["0"]).unlink()  # the full under disk 0's chain is lost
     tiny.write(disks["0"], os.urandom(300_000), offset=9 * MiB)
 
@@ -78,12 +83,7 @@ def test_a_base_missing_an_ancestor_makes_that_disk_full_and_the_backup_stays(ti
 
 
 def test_retention_refuses_to_delete_the_backup_just_written(tiny, tmp_path):
-    remote = tmp_path / "remote"
-    remote.mkdir()
-    disks = live_disks(tiny)
-    backup(tiny, remote, tmp_path, retention=5)
-    tiny.write(disks["0"], os.urandom(300_000), offset=5 * MiB)
-    newest = backup(tiny, remote, tmp_path, retention=5)
+    remote, disks, _, newest = two_incrementals(tiny, tmp_path)
     disk_vhd(remote, newest["backup_id"], disks["1"]).unlink()  # whatever broke it: the plan now drops it
     before = remote_files(remote)
 
@@ -114,12 +114,7 @@ def test_a_metadata_read_error_aborts_the_clean_up_and_deletes_nothing(tiny, tmp
 
 
 def test_a_merge_state_without_a_chain_is_planned_again_from_the_vhds(tiny, tmp_path):
-    remote = tmp_path / "remote"
-    remote.mkdir()
-    disks = live_disks(tiny)
-    first = backup(tiny, remote, tmp_path, retention=5)
-    tiny.write(disks["0"], os.urandom(300_000), offset=5 * MiB)
-    backup(tiny, remote, tmp_path, retention=5)
+    remote, disks, first, _ = two_incrementals(tiny, tmp_path)
     parent = disk_vhd(remote, first["backup_id"], disks["0"])
     state = parent.parent / f".{parent.name}.merge.json"
     state.write_text("")  # cut short by a kill, as a non-atomic writer can leave it

@@ -8,7 +8,7 @@ boot sector holds ``XAPISIM-HEALTH-FAIL``) to ``vm-data/xo-backup-health-check``
 import dataclasses
 
 import pytest
-from xo_fixtures import REMOTE_KINDS, XoJob, make_remote, pool_objects
+from xo_fixtures import REMOTE_KINDS, XoJob, full_backup_on_a_lost_network, make_remote, pool_objects
 
 from ansible_collections.xapi.proxy.plugins.module_utils._health_check import (
     HEALTH_CHECK_TAG,
@@ -124,14 +124,7 @@ def test_waiting_for_a_script_the_guest_does_not_run_times_out(job):
 
 
 def test_a_network_the_import_creates_goes_with_the_checked_vm(job):
-    vm = job.vm_ref("tiny-01")
-    net = job.call("network.create", {"name_label": "Private LAN", "name_description": "", "MTU": "1500",
-                                      "other_config": {}, "bridge": "xapi5"})  # fmt: skip
-    vif = job.call("VIF.create", {"device": "1", "network": net, "VM": vm, "MAC": "", "MTU": "1500", "other_config": {},
-                                  "qos_algorithm_type": "", "qos_algorithm_params": {}})  # fmt: skip
-    fixture = job.full("tiny-01", compression=None)
-    job.call("VIF.destroy", vif)
-    job.call("network.destroy", net)  # XAPI's import creates it again, for a VIF the check then removes
+    fixture = full_backup_on_a_lost_network(job)  # XAPI's import creates it again, for a VIF the check then removes
     networks = set(job.call("network.get_all"))
     result, _ = check(job, fixture)
     assert result["status"] == "success", result["message"]

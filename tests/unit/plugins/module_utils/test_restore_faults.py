@@ -7,7 +7,7 @@ was not there before).
 import time
 
 import pytest
-from xo_fixtures import REMOTE_KINDS, XoJob, make_remote, pool_objects, tiny_lab_with
+from xo_fixtures import REMOTE_KINDS, XoJob, full_backup_on_a_lost_network, make_remote, pool_objects, tiny_lab_with
 
 from ansible_collections.xapi.proxy.plugins.module_utils._restore import restore_backup
 from ansible_collections.xapi.proxy.plugins.module_utils._restore_errors import (
@@ -103,19 +103,6 @@ def test_cut_xva_import(tiny, job):
     assert not any(leftovers.values()), f"a cut import must leave nothing behind: {leftovers}"
 
 
-def private_lan_backup(job):
-    """A full backup of tiny-01 with a VIF on a network the pool no longer has: XAPI's import recreates it."""
-    vm = job.vm_ref("tiny-01")
-    net = job.call("network.create", {"name_label": "Private LAN", "name_description": "", "MTU": "1500",
-                                      "other_config": {}, "bridge": "xapi5"})  # fmt: skip
-    vif = job.call("VIF.create", {"device": "1", "network": net, "VM": vm, "MAC": "", "MTU": "1500", "other_config": {},
-                                  "qos_algorithm_type": "", "qos_algorithm_params": {}})  # fmt: skip
-    fixture = job.full("tiny-01", compression=None)
-    job.call("VIF.destroy", vif)
-    job.call("network.destroy", net)
-    return fixture
-
-
 class FailingClient:
     """The real client, except that ``method`` fails (a pool refusing one step after the import)."""
 
@@ -133,7 +120,7 @@ class FailingClient:
 
 
 def test_a_restore_failing_after_the_import_leaves_no_network_behind(job):
-    fixture = private_lan_backup(job)
+    fixture = full_backup_on_a_lost_network(job)
     networks = set(job.call("network.get_all"))
     client = FailingClient(job.client, "VM.set_tags")
     with pytest.raises(RestoreError) as e:

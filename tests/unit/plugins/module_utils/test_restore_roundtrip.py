@@ -13,7 +13,15 @@ import time
 
 import pytest
 import XenAPI
-from xo_fixtures import REMOTE_KINDS, XoJob, make_remote, pool_objects, tiny_lab_with, uses_vhd_directories
+from xo_fixtures import (
+    REMOTE_KINDS,
+    XoJob,
+    full_backup_on_a_lost_network,
+    make_remote,
+    pool_objects,
+    tiny_lab_with,
+    uses_vhd_directories,
+)
 
 from ansible_collections.xapi.proxy.plugins.module_utils._restore import (
     RESTORED_FROM_KEY,
@@ -270,14 +278,7 @@ def test_network_map_and_dropped_vifs(sim_factory, tmp_path, remote):
 
 
 def test_a_network_the_import_creates_stays_only_if_a_vif_uses_it(job):
-    vm = job.vm_ref("tiny-01")
-    net = job.call("network.create", {"name_label": "Private LAN", "name_description": "", "MTU": "1500",
-                                      "other_config": {}, "bridge": "xapi5"})  # fmt: skip
-    vif = job.call("VIF.create", {"device": "1", "network": net, "VM": vm, "MAC": "", "MTU": "1500", "other_config": {},
-                                  "qos_algorithm_type": "", "qos_algorithm_params": {}})  # fmt: skip
-    fixture = job.full("tiny-01", compression=None)
-    job.call("VIF.destroy", vif)
-    job.call("network.destroy", net)  # XAPI's import creates it again
+    fixture = full_backup_on_a_lost_network(job)  # XAPI's import creates Private LAN again
     networks = set(job.call("network.get_all"))
     eth0 = "Pool-wide network associated with eth0"
     for name, mapping in (("mapped", {"Private LAN": eth0}), ("dropped", {"Private LAN": None})):
