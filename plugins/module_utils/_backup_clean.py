@@ -12,7 +12,7 @@ import json
 import posixpath
 
 from ._retention import select_old_backups
-from ._storage import NotFoundError, Storage, StorageError
+from ._storage import NotFoundError, Storage, StorageError, check_held
 from ._vhd_chain import open_vhd_chain_files
 from ._vhd_directory import is_alias, open_alias, read_alias, remote_vhd_opener
 from ._vhd_directory_merge import merge_vhd_directory
@@ -183,22 +183,25 @@ def plan_retention(storage, vm_uuid, spec, new_backup):
     return doomed, result
 
 
-def apply_retention(storage, vm_uuid, spec, on_progress=None, keep=None):
+def apply_retention(storage, vm_uuid, spec, on_progress=None, keep=None, lock=None):
     """Drop what retention says, merge orphans into their children, clean; returns a summary.
 
     ``keep``: the backup this run just wrote. Retention never removes it; if the clean-up would (its
-    files found broken), nothing is deleted and :class:`RetentionRefused` says why.
+    files found broken), nothing is deleted and :class:`RetentionRefused` says why. ``lock``: the VM's
+    lock, checked before each step (see :func:`clean`).
     """
     survey = Survey(storage, vm_uuid)
-    return clean(storage, vm_uuid, delete=old_backups(survey, spec), on_progress=on_progress, keep=keep)
+    return clean(storage, vm_uuid, delete=old_backups(survey, spec), on_progress=on_progress, keep=keep, lock=lock)
 
 
 class RetentionRefused(ValueError):
     """The clean-up plan would delete the backup just written: a run must fail, not report it made."""
 
 
-def clean(storage, vm_uuid, delete=(), on_progress=None, keep=None):
-    """Carry out the clean-up plan. Call it holding the VM's lock on ``storage``."""
+def clean(storage, vm_uuid, delete=(), on_progress=None, keep=None, lock=None):
+    """Carry out the clean-up plan. Call it holding the VM's lock on ``storage``, and pass that ``lock``:
+    if another process takes it over meanwhile, the clean-up stops (:class:`LockLostError`) before its
+    next deletion or merge step rather than race the new holder over the same files."""
     survey, the_plan = plan(storage, vm_uuid, delete)
     doomed = next((a for a in the_plan.actions if a.kind == "delete_metadata" and a.path == keep), None)
     if doomed is not None:
@@ -208,10 +211,12 @@ def clean(storage, vm_uuid, delete=(), on_progress=None, keep=None):
         )
     done = {"removed": [], "merged": [], "deleted_files": [], "warnings": list(the_plan.warnings)}
     for path in survey.temp_files:
+        check_held(lock, f"deleting {path}")  # the new holder's files in progress look just like these
         storage.delete(path, missing_ok=True)
         done["deleted_files"].append(path)
     for action in the_plan.actions:
         kind = action.kind
+        check_held(lock, f"{kind.replace('_', ' ')} {action.path}")
         if kind == "delete_metadata":
             storage.delete(action.path)
             done["removed"].append(action.path)
@@ -226,7 +231,9 @@ def clean(storage, vm_uuid, delete=(), on_progress=None, keep=None):
             done["deleted_files"].append(action.path)
         elif kind in ("merge", "resume_merge"):
             state_path = action.state or merge_state_path(action.chain[0])
-            size = _merge(storage, action, survey.merge_states.get(action.state) if action.state else None, on_progress)
+            state = survey.merge_states.get(action.state) if action.state else None
+            size = _merge(storage, action, state, on_progress, lock)
+            check_held(lock, f"recording the merge into {action.path} in its backups' metadata")
             for bid in action.backups:
                 if bid in survey.backups:
                     survey.backups[bid] = mark_merged(survey.backups[bid], _backup_size(storage, bid, survey, size))
@@ -237,6 +244,7 @@ def clean(storage, vm_uuid, delete=(), on_progress=None, keep=None):
         elif kind == "delete_dir":
             storage.delete_tree(action.path)
     if the_plan.rewrite_cache or done["removed"] or done["merged"]:
+        check_held(lock, "rewriting the cache")
         write_cache(storage, vm_uuid, {bid: md for bid, md in survey.backups.items() if bid in the_plan.kept})
     return done
 
@@ -258,18 +266,25 @@ def _backup_size(storage, backup_id, survey, merged_size):
     return total
 
 
-def _merge(storage, action, state, on_progress):
+def _merge(storage, action, state, on_progress, lock=None):
     """Merge ``chain[1:]`` into ``chain[0]``, then give the result the newest child's name."""
     chain = list(action.chain)
     parent_path = chain[0]
     state_path = action.state or merge_state_path(parent_path)
+
+    def save_state(new_state):
+        # Every merge step saves its state first: the place to stop if the lock went meanwhile, with a
+        # state the next holder resumes from.
+        check_held(lock, f"the next step of merging into {parent_path}")
+        storage.write_json(state_path, new_state)
+
     directory = posixpath.dirname(parent_path)
     if state and state.get("chain"):
         # Resume: the state names the whole chain, some of which a killed cleanup may have removed.
         chain = [posixpath.normpath(posixpath.join(directory, p)) for p in state["chain"]]
         parent_path = chain[0]
     if is_alias(parent_path):
-        state = _merge_directory(storage, chain, state, state_path, on_progress)
+        state = _merge_directory(storage, chain, state, save_state, on_progress)
     elif state is None or state.get("step") not in _CLEANUP_STEPS:
         children = chain[1:]
         with storage.open_update(parent_path) as pfile:
@@ -288,7 +303,7 @@ def _merge(storage, action, state, on_progress):
                     parent,
                     child,
                     state=state,
-                    on_state=lambda s: storage.write_json(state_path, s),
+                    on_state=save_state,
                     chain=[posixpath.basename(p) for p in chain],
                     on_progress=on_progress,
                 )
@@ -299,6 +314,7 @@ def _merge(storage, action, state, on_progress):
     # rename replaces the child in one step, so the name the backup uses always exists (a kill here must
     # not leave a backup that looks broken to the next run, which would then delete it).
     target = chain[-1]
+    check_held(lock, f"renaming {parent_path} to {target}")
     if storage.exists(parent_path):
         replaced = _alias_target(storage, target)
         storage.rename(parent_path, target)
@@ -313,7 +329,7 @@ def _merge(storage, action, state, on_progress):
     return storage.stat(target).size
 
 
-def _merge_directory(storage, chain, state, state_path, on_progress):
+def _merge_directory(storage, chain, state, save_state, on_progress):
     """Block-moving merge of VHD directories (children may be files); returns the final state."""
     if state is not None and state.get("step") in _CLEANUP_STEPS:
         return state
@@ -325,7 +341,7 @@ def _merge_directory(storage, chain, state, state_path, on_progress):
             parent,
             child,
             state=state,
-            on_state=lambda s: storage.write_json(state_path, s),
+            on_state=save_state,
             chain=[posixpath.basename(p) for p in chain],
             on_progress=on_progress,
         )

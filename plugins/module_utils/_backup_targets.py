@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 
-from ._storage import LOCK_STALE_SECONDS, LockedError, StorageError
+from ._storage import LOCK_STALE_SECONDS, LockedError, StorageError, check_held
 from ._vhd_directory import DEFAULT_COMPRESSION, is_alias, open_alias
 from ._vhd_directory_write import VhdDirectoryWriter, uses_vhd_directory
 from ._vhd_errors import VhdError
@@ -92,6 +92,7 @@ class Target:
     def write_metadata(self, when, metadata):
         """Write ``<ts>.json`` last and record it in the cache; returns the backup id."""
         path = metadata_path(self.vm_uuid, when)
+        check_held(self.lock, f"writing {path}")  # a backup is published only under our own lock
         self.storage.write_bytes(path, dump_metadata(metadata))
         self.backup_id = path
         with contextlib.suppress(StorageError):  # the cache is an optimisation XO rebuilds itself

@@ -9,7 +9,7 @@ from . import _backup_snapshots as snapshots
 from ._backup_clean import apply_retention
 from ._backup_pipeline import WriterThread
 from ._backup_targets import Target, TargetError, XvaSink, disk_sink
-from ._storage import StorageError
+from ._storage import StorageError, check_held
 from ._vhd_errors import VhdError
 from ._vhd_stream_read import VhdStreamReader
 from ._vm_selection import NO_BACKUP_DISK_PREFIX
@@ -138,7 +138,7 @@ class VmBackup:
         for t in self.targets:
             if t.ok:
                 try:
-                    t.retention = apply_retention(t.storage, self.uuid, self.spec, keep=t.backup_id)
+                    t.retention = apply_retention(t.storage, self.uuid, self.spec, keep=t.backup_id, lock=t.lock)
                 except (StorageError, VhdError, ValueError) as e:
                     # The new backup is safe; only the clean-up failed, and the next run retries it.
                     t.fail("retention", e)
@@ -299,6 +299,7 @@ class VmBackup:
     def _fan_out(self, sinks, op, step):
         for t, sink in list(sinks.items()):
             try:
+                check_held(t.lock, step)  # a remote whose lock another process took must not be written on
                 op(sink)
             except StorageError as e:
                 sink.abort()

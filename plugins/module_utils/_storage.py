@@ -74,6 +74,26 @@ class LockedError(StorageError):
     """Another process holds the lock."""
 
 
+class LockLostError(StorageError):
+    """A lock this process held was taken over (judged stale, or removed) while it worked."""
+
+
+def check_held(lock, step):
+    """Raise :class:`LockLostError` if ``lock`` (a :class:`StorageLock`, or None for none) was lost.
+
+    Called before every step that changes what another holder would see, so that a run whose lock was
+    taken over (its remote stalled for longer than the lock's staleness) stops before it deletes, merges
+    or publishes anything the new holder is working on.
+    """
+    if lock is not None and lock.lost:
+        raise LockLostError(
+            f"the lock {lock.path} was taken over by another process while this run held it (the remote did not "
+            f"answer for longer than the lock's staleness, or someone removed it); stopped before {step}. "
+            "Nothing half-done looks complete: the next run finishes or cleans up.",
+            lock.path,
+        )
+
+
 class NotSupportedError(StorageError):
     """The remote kind or operation is not available."""
 

@@ -2,6 +2,7 @@
 just wrote least of all, and snapshots are counted per schedule."""
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from module_runner import run_module
 from test_backup_retention import live_disks, module_args
 
 from ansible_collections.xapi.proxy.plugins.module_utils._backup_clean import RetentionRefused, clean
-from ansible_collections.xapi.proxy.plugins.module_utils._storage import StorageError, open_remote
+from ansible_collections.xapi.proxy.plugins.module_utils._storage import LockLostError, StorageError, open_remote
 
 MiB = 1 << 20
 
@@ -230,3 +231,71 @@ def test_check_mode_plans_the_retention_the_run_then_applies(tiny, tmp_path, set
     # Merged into the new backup's VHDs: same chains, the new one named by the plan's clock.
     assert [len(m["chain"]) for m in planned["merge"]] == [len(m["chain"]) for m in done["merged"]] == [2, 2]
     assert [m["chain"][0] for m in planned["merge"]] == [m["chain"][0] for m in done["merged"]]
+
+
+def taken_over(storage, vm_uuid):
+    """The VM's lock, held by us, then taken over as a holder that judged it stale does (removed, made
+    again): returns our lock once its refresher has noticed."""
+    held = storage.lock(f"xo-vm-backups/{vm_uuid}", stale=0.4)
+    storage.delete_tree(held.path)
+    storage.mkdir(held.path)
+    deadline = time.monotonic() + 10
+    while not held.lost:
+        assert time.monotonic() < deadline, "the refresher never noticed the lock was taken over"
+        time.sleep(0.05)
+    return held
+
+
+def test_a_clean_up_whose_lock_was_taken_over_deletes_nothing(tiny, tmp_path):
+    remote, _, first, second = two_incrementals(tiny, tmp_path)
+    # A file being written under a temporary name: the new holder's, as far as this run can tell.
+    temp = remote / "xo-vm-backups" / second["uuid"] / f".{int(time.time() * 1000)}.20200101T000000Z.json"
+    temp.write_text("{")
+    storage = open_remote(f"file://{remote}")
+    held = taken_over(storage, second["uuid"])
+    before = remote_files(remote)
+
+    with pytest.raises(LockLostError, match="was taken over by another process") as info:
+        clean(storage, second["uuid"], delete=[first["backup_id"]], lock=held)
+
+    assert f"stopped before deleting xo-vm-backups/{second['uuid']}/{temp.name}" in str(info.value), info.value
+    assert remote_files(remote) == before
+    held.release()
+    assert storage.exists(held.path), "the new holder's lock stays"
+
+
+def test_a_merge_stops_when_its_lock_is_taken_over_and_the_next_run_finishes_it(tiny, tmp_path):
+    remote, disks, first, second = two_incrementals(tiny, tmp_path)
+    vm_uuid = second["uuid"]
+    storage = open_remote(f"file://{remote}")
+    held = storage.lock(f"xo-vm-backups/{vm_uuid}", stale=0.4)
+    lock_dir = remote / held.path
+
+    def take_over(done, total):
+        # The remote stalls mid-merge for longer than the lock's staleness; another process takes the lock.
+        if not held.lost:
+            lock_dir.rmdir()
+            lock_dir.mkdir()
+            deadline = time.monotonic() + 10
+            while not held.lost and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    with pytest.raises(LockLostError, match="was taken over by another process"):
+        clean(storage, vm_uuid, delete=[first["backup_id"]], lock=held, on_progress=take_over)
+    held.release()
+
+    # Stopped before the rename: the older backup's metadata went first (XO's order), its VHDs are still
+    # there, and the merge is left for the next run to resume.
+    assert backups_of(remote, vm_uuid) == [second["backup_id"]]
+    assert disk_vhd(remote, second["backup_id"], disks["0"]).exists()
+    assert list(remote.rglob(".*.merge.json")), "the stopped merge left its state for the next run"
+    lock_dir.rmdir()  # the other holder is done
+    rc, result = run_module("backup", module_args(tiny, remote, tmp_path, retention=1))
+    assert rc == 0, result.get("msg")
+    (vm,) = result["vms"]
+    (retention,) = vm["retention"].values()
+    assert retention["removed"] == [second["backup_id"]] and retention["merged"], retention
+    assert backups_of(remote, vm_uuid) == [vm["backup_id"]]
+    assert not list(remote.rglob(".*.merge.json"))
+    vdis = metadata(remote, vm["backup_id"])["vdis"].values()
+    assert remote_disk_hashes(remote, vm["backup_id"]) == {v["uuid"]: tiny.sha256(v["uuid"]) for v in vdis}

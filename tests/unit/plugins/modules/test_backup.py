@@ -234,6 +234,39 @@ def test_killed_run_leaves_no_complete_looking_backup(tiny, remote, tmp_path):
     assert remote_disk_hashes(remote, result["vms"][0]["backup_id"]) == snapshot_hashes(tiny, md)
 
 
+def test_a_run_whose_lock_is_taken_over_stops_writing_and_publishes_nothing(tiny, remote, tmp_path):
+    rc, result = run_module("backup", args(tiny, remote, tmp_path))
+    assert rc == 0, result
+    first = result["vms"][0]["backup_id"]
+    first_hashes = remote_disk_hashes(remote, first)
+    vm_uuid = result["vms"][0]["uuid"]
+    for disk in vm_disks(tiny, "tiny-01").values():
+        tiny.write(disk, os.urandom(8 * MiB), offset=10 * MiB)
+    # Whichever disk goes first takes over 8 s: past the lock's first refresh, 5 s in.
+    tiny.fault(path="/export_raw_vdi", action="throttle", rate=1 * MiB)
+    proc = _start_module(args(tiny, remote, tmp_path), tmp_path)
+    lock = remote / "xo-vm-backups" / f"{vm_uuid}.lock"
+    _wait_for(lock.is_dir)
+    # The remote stalled past the lock's staleness and another process (XO, another controller) took it.
+    lock.rmdir()
+    lock.mkdir()
+    out, _ = proc.communicate(timeout=120)
+
+    result = json.loads(out)
+    assert proc.returncode == 1, result
+    (vm,) = result["vms"]
+    assert vm["status"] == "failure" and "was taken over by another process" in vm["error"], vm
+    assert backups_of(remote, vm_uuid) == [first]
+    assert remote_disk_hashes(remote, first) == first_hashes
+    assert lock.is_dir(), "the new holder's lock is not removed"
+    # Stopped at once, not at the end of the stream: under 8 MiB written after the lock went.
+    assert vm["bytes_written"] < 8 * MiB, vm
+    lock.rmdir()  # the other holder finished
+    rc, result = run_module("backup", args(tiny, remote, tmp_path))
+    assert rc == 0, result
+    assert not [p for p in remote.rglob("*") if p.name.startswith(".") and p.is_file()], "leftovers cleaned"
+
+
 def test_cut_stream_fails_the_vm_and_keeps_previous_backups(tiny, remote, tmp_path):
     rc, result = run_module("backup", args(tiny, remote, tmp_path))
     assert rc == 0
