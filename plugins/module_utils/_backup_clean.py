@@ -22,7 +22,7 @@ from ._vhd_merge import _CLEANUP_STEPS, merge_vhd
 from ._xo_cache import write_cache
 from ._xo_clean_plan import plan_clean_vm, resolve_parent
 from ._xo_layout import is_metadata_name, is_temp_name, merge_state_path, vdis_dir, vm_backup_dir
-from ._xo_metadata import MetadataError, dump_metadata, mark_merged, parse_metadata
+from ._xo_metadata import MetadataError, MetadataShapeError, dump_metadata, mark_merged, parse_metadata
 
 
 class Survey:
@@ -32,6 +32,7 @@ class Survey:
         self.storage = storage
         self.vm_uuid = vm_uuid
         self.backups, self.invalid, self.files = {}, {}, {}
+        self.odd = {}  # metadata of a shape we do not know: kept, with what it names (see plan_clean_vm)
         self.vhds, self.broken, self.merge_states, self.vdi_dirs = {}, {}, {}, []
         self.aliases, self.data_dirs = {}, []  # VHD directories: alias path → directory; every data/<ts>.vhd
         # Files a killed run left under a temporary name: never visible as backups, only clutter.
@@ -45,10 +46,13 @@ class Survey:
                 self.temp_files.append(path)
                 continue
             if is_metadata_name(name):
-                # Only what the file says can make a backup invalid (and invalid metadata is deleted):
-                # a read that failed (timeout, I/O error) aborts the clean, and the next run retries it.
+                # Only what the file says can make a backup invalid (and metadata that is not a JSON object
+                # is deleted); a read that failed (timeout, I/O error) aborts the clean, and the next run
+                # retries it. A JSON object of a shape we do not know may be a Xen Orchestra version's: kept.
                 try:
                     self.backups[path] = parse_metadata(storage.read_bytes(path), path)
+                except MetadataShapeError as e:
+                    self.odd[path] = (str(e), e.metadata)
                 except MetadataError as e:
                     self.invalid[path] = str(e)
                 except NotFoundError:
@@ -143,6 +147,7 @@ def plan(storage, vm_uuid, delete=(), survey=None):
         "vhds": survey.vhds,
         "delete": delete,
         "invalid_metadata": survey.invalid,
+        "odd_metadata": survey.odd,
         "broken_vhds": survey.broken,
         "files": survey.files,
         "merge_states": survey.merge_states,

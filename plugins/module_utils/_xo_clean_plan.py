@@ -13,6 +13,10 @@ Rules followed:
 * A VHD whose parent is missing or that could not be opened is *broken*, and so are its descendants;
   broken VHDs are deleted and any delta backup that uses one loses its JSON. A full backup whose XVA
   is missing loses its JSON and checksum; an XVA of the wrong size only produces a warning.
+* Metadata that is not a JSON object is deleted like a backup with missing files. A JSON object of a
+  shape this collection does not know (a key missing or of another type: another XO version's, or
+  edited by hand) is never deleted: it is kept with the XVA and the VHDs it names, and their ancestors,
+  unmerged; if it does not say which VHDs it uses, none of the VM's VHDs is deleted or merged.
 * A ``.<parent>.merge.json`` next to an existing parent is an interrupted merge: it is resumed
   (``resume_merge``) and nothing else touches that chain this time. One whose parent is gone had
   already renamed it: if it was cleaning up and its target is sound, the clean-up and the backups'
@@ -38,7 +42,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from ansible_collections.xapi.proxy.plugins.module_utils._vhd_merge import _CLEANUP_STEPS
 from ansible_collections.xapi.proxy.plugins.module_utils._xo_layout import CACHE_NAME, is_temp_name, vm_backup_dir
-from ansible_collections.xapi.proxy.plugins.module_utils._xo_metadata import vhd_remote_paths, xva_remote_path
+from ansible_collections.xapi.proxy.plugins.module_utils._xo_metadata import (
+    named_files,
+    vhd_remote_paths,
+    xva_remote_path,
+)
 
 ORDER = ("delete_metadata", "delete_file", "delete_merge_state", "delete_vhd", "resume_merge", "merge", "delete_dir")
 MIN_XVA_SIZE = 20  # isValidXva: anything smaller cannot be an XVA
@@ -101,6 +109,7 @@ def plan_clean_vm(
     vhds: Mapping[str, Optional[str]],
     delete: Iterable[str] = (),
     invalid_metadata: Optional[Mapping[str, str]] = None,
+    odd_metadata: Optional[Mapping[str, Tuple[str, Mapping[str, Any]]]] = None,
     broken_vhds: Union[Mapping[str, str], Iterable[str]] = (),
     files: Optional[Mapping[str, int]] = None,
     merge_states: Optional[Mapping[str, Mapping[str, Any]]] = None,
@@ -116,7 +125,8 @@ def plan_clean_vm(
 
     backups: every valid metadata (id → dict); vhds: every VHD or alias under ``vdis/`` → its parent's
     path (None for a full disk); delete: ids retention removes now; invalid_metadata: id → why it
-    could not be read; broken_vhds: VHDs that could not be opened (→ reason); files: plain files in
+    could not be read; odd_metadata: id → (why, the JSON object) for metadata of a shape we do not know,
+    kept with every file it may name; broken_vhds: VHDs that could not be opened (→ reason); files: plain files in
     the VM directory (name → size; None to skip those checks); merge_states: ``.merge.json`` path →
     content; aliases: alias path → VHD directory; data_dirs: VHD directories found under ``data/``;
     vdi_dirs: existing ``vdis/<job>/<vdi>`` directories; cached_ids: ids in ``cache.json.gz``.
@@ -131,6 +141,21 @@ def plan_clean_vm(
         warnings.append(f"{bid}: unreadable backup metadata ({why})")
         if remove:
             deleted[bid] = f"unreadable metadata: {why}"
+
+    odd = odd_metadata or {}
+    odd_vhds = set()
+    for bid, (why, md) in sorted(odd.items()):
+        _, paths = named_files(bid, md)
+        if paths is None:  # which VHDs it uses cannot be known: none is deleted or merged meanwhile
+            odd_vhds.update(vhds)
+            warnings.append(
+                f"{bid}: backup metadata of a shape this collection does not know ({why}); it is kept, and so are "
+                "all of this VM's VHDs, since it does not say which it uses: fix or remove that file to let "
+                "retention free space again"
+            )
+        else:
+            odd_vhds.update(paths)
+            warnings.append(f"{bid}: backup metadata of a shape this collection does not know ({why}); kept")
 
     broken = _broken(vhds, broken_vhds)
     for path in sorted(broken):
@@ -148,6 +173,7 @@ def plan_clean_vm(
         actions.append(Action("delete_metadata", bid, why))
 
     pinned = _interrupted_merges(merge_states or {}, vm_dir, vhds, broken, referenced, remove, actions, warnings)
+    pinned |= {p for p in odd_vhds if p in vhds and p not in broken}  # kept as they are, with their ancestors
     results = _plan_unused(vhds, broken, referenced, pinned, merge, warnings)
     doomed = set()
     for path, result in results.items():
@@ -172,7 +198,7 @@ def plan_clean_vm(
                 )
             )
 
-    _files_plan(vm_dir, backups, invalid_metadata or {}, deleted, files, remove, remove_temp, actions)
+    _files_plan(vm_dir, backups, invalid_metadata or {}, odd, deleted, files, remove, remove_temp, actions)
     if remove:
         for data in sorted(set(data_dirs) - set((aliases or {}).values())):
             actions.append(Action("delete_dir", data, "VHD directory that no alias names"))
@@ -341,10 +367,10 @@ def _plan_unused(vhds, broken, referenced, pinned, merge, warnings):
     return results
 
 
-def _files_plan(vm_dir, backups, invalid, deleted, files, remove, remove_temp, actions):
+def _files_plan(vm_dir, backups, invalid, odd, deleted, files, remove, remove_temp, actions):
     protected = {CACHE_NAME}
     doomed = []
-    for bid in list(backups) + list(invalid):
+    for bid in list(backups) + list(invalid) + list(odd):
         ts_name = posixpath.basename(bid)
         xva = None
         if bid in backups and backups[bid].get("mode") == "full":
@@ -352,6 +378,11 @@ def _files_plan(vm_dir, backups, invalid, deleted, files, remove, remove_temp, a
         elif bid in invalid:
             xva = ts_name[: -len(".json")] + ".xva"  # unreadable metadata: guard the XVA of the same name
         names = [ts_name] + ([xva, xva + ".checksum"] if xva else [])
+        if bid in odd:  # the XVA it names, if it names one in this directory, and the one of its name
+            named = named_files(bid, odd[bid][1])[0]
+            names += [ts_name[: -len(".json")] + ".xva", ts_name[: -len(".json")] + ".xva.checksum"]
+            if named is not None and posixpath.dirname(named) == vm_dir:
+                names += [posixpath.basename(named), posixpath.basename(named) + ".checksum"]
         if bid in deleted:
             doomed += [n for n in names[1:] if files is None or n in files]
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import posixpath
-from typing import Any, Dict, Iterable, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ansible_collections.xapi.proxy.plugins.module_utils._xo_layout import format_filename_date, to_ms
 
@@ -20,6 +20,16 @@ MODES = ("full", "delta")
 
 class MetadataError(ValueError):
     """Invalid backup metadata; the message names the file and the key."""
+
+
+class MetadataShapeError(MetadataError):
+    """A JSON object, but not of the shape this collection writes and reads (a key missing, of another
+    type, or a path leaving the VM directory). ``metadata`` is the object: a Xen Orchestra version other
+    than the ones we know may have written it, so the clean-up keeps it and the files it names."""
+
+    def __init__(self, message, metadata):
+        super().__init__(message)
+        self.metadata = metadata
 
 
 # -- records ----------------------------------------------------------------------------------
@@ -177,7 +187,7 @@ def validate_metadata(md: Any, filename: str) -> Dict[str, Any]:
     """Return ``md`` if it is usable backup metadata, else raise :class:`MetadataError`."""
 
     def fail(problem):
-        raise MetadataError(f"{filename}: {problem}.")
+        raise MetadataShapeError(f"{filename}: {problem}.", md)
 
     def need(key, kind, what):
         if key not in md:
@@ -187,7 +197,7 @@ def validate_metadata(md: Any, filename: str) -> Dict[str, Any]:
         return md[key]
 
     if not isinstance(md, dict):
-        fail("backup metadata must be a JSON object")
+        raise MetadataError(f"{filename}: backup metadata must be a JSON object.")
     mode = need("mode", str, "'full' or 'delta'")
     if mode not in MODES:
         fail(f"key 'mode' must be 'full' or 'delta', got {mode!r}")
@@ -232,6 +242,28 @@ def _check_rel(path, key, fail):
     norm = posixpath.normpath(path)
     if path.startswith("/") or norm == ".." or norm.startswith("../") or "\0" in path:
         fail(f"key {key} holds {path!r}, which points outside the VM backup directory")
+
+
+def named_files(backup_id: str, md: Mapping[str, Any]) -> Tuple[Optional[str], Optional[List[str]]]:
+    """The files metadata of an unexpected shape names, as far as it can be read: ``(XVA path or None,
+    VHD paths or None)``. None for the VHDs means they cannot be known: a delta (or a mode we do not
+    know) without a usable ``vhds``. Only paths inside the VM directory count."""
+
+    def inside(value):
+        if not isinstance(value, str):
+            return None
+        problems = []
+        _check_rel(value, "", problems.append)
+        return None if problems else resolve_path(backup_id, value)
+
+    mode = md.get("mode")
+    xva = inside(md.get("xva"))
+    if mode == "full":
+        return xva, []
+    vhds = md.get("vhds")
+    if not isinstance(vhds, dict) or not all(inside(v) for v in vhds.values()):
+        return xva, None
+    return xva, [inside(v) for v in vhds.values()]
 
 
 def resolve_path(backup_id: str, relative: str) -> str:

@@ -1,6 +1,7 @@
 """Retention and clean-up on damaged or flaky remotes: a valid backup is never deleted, the one a run
 just wrote least of all, and snapshots are counted per schedule."""
 
+import json
 import os
 import time
 from pathlib import Path
@@ -299,3 +300,31 @@ def test_a_merge_stops_when_its_lock_is_taken_over_and_the_next_run_finishes_it(
     assert not list(remote.rglob(".*.merge.json"))
     vdis = metadata(remote, vm["backup_id"])["vdis"].values()
     assert remote_disk_hashes(remote, vm["backup_id"]) == {v["uuid"]: tiny.sha256(v["uuid"]) for v in vdis}
+
+
+@pytest.mark.parametrize("mode", ["full", "incremental"])
+def test_metadata_of_an_unknown_shape_is_never_deleted_by_retention(tiny, tmp_path, mode):
+    """Another Xen Orchestra version may write metadata without a key we expect: its backup stays usable."""
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    disks = live_disks(tiny)
+    ids = []
+    for run in range(2):
+        tiny.write(disks["0"], os.urandom(100_000), offset=run * MiB)
+        ids.append(backup(tiny, remote, tmp_path, mode=mode, compression="none", retention=5)["backup_id"])
+    odd = remote / ids[1]
+    md = metadata(remote, ids[1])
+    del md["version"]
+    odd.write_text(json.dumps(md))
+    before = {path: (remote / path).read_bytes() for path in remote_files(remote) if path.startswith(ids[1][:-5])}
+    hashes = remote_disk_hashes(remote, ids[1])
+
+    vm = backup(tiny, remote, tmp_path, mode=mode, compression="none", retention=1)
+
+    (retention,) = vm["retention"].values()
+    assert retention["removed"] == [ids[0]], retention
+    assert any(w.startswith(f"{ids[1]}: backup metadata of a shape this collection does not know") for w in
+               retention["warnings"]), retention  # fmt: skip
+    assert sorted(backups_of(remote, vm["uuid"])) == sorted([ids[1], vm["backup_id"]])
+    assert {path: (remote / path).read_bytes() for path in before} == before  # its XVA and checksum, untouched
+    assert remote_disk_hashes(remote, ids[1]) == hashes  # its disks (and their ancestors) restorable as before

@@ -269,6 +269,59 @@ def test_unreadable_metadata():
     assert kept.actions == [] and kept.warnings == [f"{bid(1)}: unreadable backup metadata (x)"]
 
 
+def odd(md, *drop):
+    """``md`` as another XO version (or a hand edit) may leave it: ``drop``'s keys missing."""
+    md = json.loads(json.dumps(md))
+    for key in drop:
+        md.pop(key)
+    return ("a key is missing", md)
+
+
+def test_metadata_of_an_unknown_shape_is_kept_with_its_files():
+    files = {f"{ts(1)}.json": 10, f"{ts(1)}.xva": 4096, f"{ts(1)}.xva.checksum": 40, f"{ts(2)}.json": 10}
+    plan = plan_clean_vm(
+        VM, backups={bid(2): delta(2)}, vhds=chain(2), files=files, odd_metadata={bid(1): odd(full(1), "scheduleId")}
+    )
+    assert plan.actions == []
+    assert plan.warnings == [
+        f"{bid(1)}: backup metadata of a shape this collection does not know (a key is missing); kept"
+    ]
+
+
+def test_a_delta_of_an_unknown_shape_keeps_its_vhds_and_their_ancestors_unmerged():
+    backups = {bid(d): delta(d) for d in (1, 3)}
+    plan = plan_clean_vm(
+        VM, backups=backups, vhds=chain(1, 2, 3), delete=[bid(1)], odd_metadata={bid(2): odd(delta(2), "version")}
+    )
+    # Without it, day 1's VHD would merge into day 2's; day 2's backup cannot be rewritten, so both stay.
+    assert kinds(plan) == [("delete_metadata", bid(1))]
+    assert plan.kept == [bid(3)]
+
+
+def test_a_delta_that_does_not_say_which_vhds_it_uses_pins_them_all():
+    backups = {bid(d): delta(d) for d in (1, 2, 3)}
+    vhds = {**chain(1, 2, 3), **chain(1, vdi=VDI2)}
+    plan = plan_clean_vm(VM, backups=backups, vhds=vhds, delete=[bid(1)], odd_metadata={bid(4): odd(delta(4), "vhds")})
+    assert kinds(plan) == [("delete_metadata", bid(1))]  # no merge, and VDI2's unused full is not deleted
+    assert "all of this VM's VHDs" in plan.warnings[0], plan.warnings
+    unpinned = plan_clean_vm(VM, backups=backups, vhds=vhds, delete=[bid(1)])
+    assert kinds(unpinned) == [
+        ("delete_metadata", bid(1)),
+        ("delete_vhd", vhd(1, VDI2)),
+        ("merge", vhd(2)),
+        ("delete_dir", f"{DISKS}/{VDI2}"),
+    ]
+
+
+def test_paths_outside_the_vm_directory_pin_nothing_outside_it():
+    md = delta(2)
+    md["vhds"] = {"OpaqueRef:0": "../../../etc/passwd"}
+    backups = {bid(d): delta(d) for d in (1, 3)}
+    plan = plan_clean_vm(VM, backups=backups, vhds=chain(1, 2, 3), delete=[bid(1)], odd_metadata={bid(2): ("x", md)})
+    assert kinds(plan) == [("delete_metadata", bid(1))]  # an unusable vhds: everything stays
+    assert "all of this VM's VHDs" in plan.warnings[0], plan.warnings
+
+
 def test_vhd_directories_and_disk_directories():
     aliases = {p: f"{DISKS}/{VDI}/data/{ts(d)}.vhd" for d, p in ((1, vhd(1, alias=True)), (2, vhd(2, alias=True)),
                                                                 (3, vhd(3, alias=True)))}  # fmt: skip
