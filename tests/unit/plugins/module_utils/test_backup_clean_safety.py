@@ -328,3 +328,29 @@ def test_metadata_of_an_unknown_shape_is_never_deleted_by_retention(tiny, tmp_pa
     assert sorted(backups_of(remote, vm["uuid"])) == sorted([ids[1], vm["backup_id"]])
     assert {path: (remote / path).read_bytes() for path in before} == before  # its XVA and checksum, untouched
     assert remote_disk_hashes(remote, ids[1]) == hashes  # its disks (and their ancestors) restorable as before
+
+
+def test_a_remote_that_failed_on_one_disk_does_not_send_the_next_disk_full(tiny, tmp_path):
+    from fs_helpers import tmpfs  # noqa: PLC0415
+
+    good = tmp_path / "good"
+    good.mkdir()
+    with tmpfs(tmp_path / "small", "64m") as small:
+        both = {"remotes": [f"file://{good}", f"file://{small}"]}
+        first = backup(tiny, good, tmp_path, **both)
+        first_disk, second_disk = sorted(live_disks(tiny).values())  # the order a backup takes them in
+        disk_vhd(small, first["backup_id"], second_disk).unlink()  # the small remote lost the second's base
+        stat = os.statvfs(small)
+        (small / "filler").write_bytes(bytes(stat.f_bavail * stat.f_frsize - MiB))  # 1 MiB left
+        tiny.write(first_disk, os.urandom(4 * MiB), offset=MiB)  # the first disk's delta cannot fit
+
+        rc, result = run_module("backup", module_args(tiny, good, tmp_path, **both))
+
+    assert rc == 1, result
+    (vm,) = result["vms"]
+    assert f"file://{small}: writing" in vm["error"] and "No space left" in vm["error"], vm["error"]
+    # The small remote failed on the first disk: its missing base for the second one decides nothing.
+    assert vm["mode"] == "incremental" and "missing" not in (vm.get("reason") or ""), vm
+    md = metadata(good, vm["backup_id"])
+    assert md["isVhdDifferencing"][disk_ref(md, second_disk)] is True
+    assert remote_disk_hashes(good, vm["backup_id"]) == {v["uuid"]: tiny.sha256(v["uuid"]) for v in md["vdis"].values()}
