@@ -63,6 +63,12 @@ writing in one thread, with or without O_DIRECT (0.86-0.95 against 0.90-0.91), r
 8 x 4 MiB, threads pinned to CPUs, hashing and writing threads that spin before they sleep
 (0.77-0.94 against 0.93), a shorter GIL switch interval; and, on the simulator's side, no per-chunk
 xxhash, or Nagle on the export (no change beyond the run-to-run noise).
+What helped (2026-11-27, later): reading the export straight from the socket once http.client has
+parsed the headers. Through http.client each 16 KiB TLS record costs three Python calls (its buffered
+reader, ``SocketIO.readinto``, the socket's ``recv_into``), all in the reading thread that the rest
+waits for. In three batches of alternating rounds the median run fell by 0.16, 0.46 and 0.34 s (of
+5.8-6.3). The first run of this row after it: 1.05 (rounds 1.45, 1.46, 0.99, 1.38; module 751 MB/s,
+curl 716, whose fsync of 4.3 GB of page cache made it slower than on the days above).
 Under the row, two floors measured in the same run: the hash alone on one core (no pipeline that
 writes Xen Orchestra's checksum ends sooner) and the CPU seconds of the module and the simulator
 divided by the cores (this pipeline on this host). Then the same work done with plain tools,

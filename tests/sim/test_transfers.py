@@ -311,3 +311,24 @@ def test_fault_throttle_limits_the_rate(sim, x):
     elapsed = time.monotonic() - started
     assert len(body) > 4 << 20
     assert elapsed >= 0.7 * len(body) / (8 << 20), f"{len(body)} bytes in {elapsed:.2f}s is faster than the throttle"
+
+
+def test_fault_stall_pauses_the_stream_once_and_loses_nothing(sim, x):
+    vdi = disk_vdis(x, snapshot_of(x, "tiny-01"))["0"]
+    _, expected = download(sim, "/export_raw_vdi", {"vdi": vdi, "format": "raw"})
+    sim.fault(path="/export_raw_vdi", action="stall", after_bytes=3 << 20, seconds=1.5)
+    r = sim.http("GET", "/export_raw_vdi", params={"session_id": sim.session()._session, "vdi": vdi, "format": "raw"},
+                 stream=True)  # fmt: skip
+    body, pause = bytearray(), 0.0
+    last = time.monotonic()
+    for chunk in r.iter_content(1 << 16):
+        now = time.monotonic()
+        if len(body) >= 2 << 20:  # the gap falls after the first 3 MiB, none before
+            pause = max(pause, now - last)
+        else:
+            assert now - last < 1.0
+        body += chunk
+        last = now
+    assert body == expected
+    assert pause >= 1.2, f"the longest gap after 2 MiB was {pause:.2f}s"
+    assert wait_task(x, r.headers["task-id"])["status"] == "success"

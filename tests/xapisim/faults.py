@@ -3,6 +3,8 @@
 ``{"path": "/export", "action": "cut", "after_bytes": 1048576, "count": 1}``
 ``{"method": "VM.snapshot", "action": "fail_task", "error": ["SR_BACKEND_FAILURE_44", "", "…", ""]}``
 ``{"path": "/export_raw_vdi", "action": "throttle", "rate": 1048576}``
+``{"path": "/export", "action": "stall", "after_bytes": 8388608, "seconds": 30}`` (a host that stops
+sending but keeps the connection open)
 ``{"path": "/import", "action": "fail_task", "error": ["VDI_IO_ERROR", "Device I/O errors"]}``
 
 ``path`` names an HTTP handler exactly; ``method`` matches ``Async.`` calls by name.
@@ -13,7 +15,7 @@ import time
 
 from .errors import ApiError
 
-ACTIONS = {"cut", "fail_task", "throttle"}
+ACTIONS = {"cut", "fail_task", "stall", "throttle"}
 
 
 class CutStream(Exception):
@@ -32,6 +34,7 @@ class Fault:
         self.count = int(spec.get("count", 1))
         self.after_bytes = int(spec.get("after_bytes", 0))
         self.rate = float(spec.get("rate", 0))
+        self.seconds = float(spec.get("seconds", 30))
         self.error = list(spec.get("error") or ["VDI_IO_ERROR", "Device I/O errors"])
         self.sent = 0
         self.started = None
@@ -50,10 +53,19 @@ class Fault:
         self.sent += n
         if self.action == "cut" and self.sent > self.after_bytes:
             raise CutStream()
+        if self.action == "stall" and self.sent > self.after_bytes and self.seconds:
+            time.sleep(self.seconds)
+            self.seconds = 0  # once
         if self.action == "throttle" and self.rate > 0:
             ahead = self.sent / self.rate - (time.monotonic() - self.started)
             if ahead > 0:
                 time.sleep(ahead)
+
+    def before_fault(self, n):
+        """How many of the next ``n`` bytes go out before a cut or a stall acts on the stream."""
+        if self.action == "cut" or (self.action == "stall" and self.seconds):
+            return max(0, self.after_bytes - self.sent)
+        return n
 
 
 class Faults:

@@ -61,10 +61,13 @@ class Sink:
 
     def _send(self, data):
         if self.fault:
-            allowed = max(0, self.fault.after_bytes - self.fault.sent) if self.fault.action == "cut" else len(data)
+            allowed = self.fault.before_fault(len(data))
             if allowed < len(data):
                 self.out.write(data[:allowed])
-            self.fault.on_bytes(len(data))
+                self.fault.on_bytes(len(data))  # a cut raises; a stall sleeps, then the rest goes out
+                data = data[allowed:]
+            else:
+                self.fault.on_bytes(len(data))
         self.out.write(data)
         self.sent += len(data)
         if self.on_progress:

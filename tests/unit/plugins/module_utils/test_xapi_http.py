@@ -6,6 +6,7 @@ import io
 import pytest
 
 from ansible_collections.xapi.proxy.plugins.module_utils._xapi_client import XapiClient
+from ansible_collections.xapi.proxy.plugins.module_utils._xapi_errors import XapiConnectionError
 from ansible_collections.xapi.proxy.plugins.module_utils._xapi_http import ExportStream, TransferError, put_stream
 from ansible_collections.xapi.proxy.plugins.module_utils._xapi_options import ConnectionOptions
 from ansible_collections.xapi.proxy.plugins.module_utils._xapi_url import parse_xapi_url
@@ -122,3 +123,59 @@ def test_cut_stream_is_an_error_with_readinto_too(tiny, client):
             pass
     assert e.value.bytes_done <= 2 << 20
     assert client.session_id not in str(e.value)
+
+
+def test_reads_of_every_size_in_any_order_give_the_exact_stream(tiny, client):
+    """Large ``readinto`` calls read the socket directly, past http.client's buffer: mixing them with
+    small ones and with ``read`` loses or repeats no byte."""
+    _, vdi = snapshot_disk(client)
+    h, sizes = hashlib.sha256(), []
+    with ExportStream(client, "/export_raw_vdi", "export of tiny-01 disk 0", vdi=vdi, format="raw") as s:
+        small = memoryview(bytearray(1000))  # smaller than http.client's buffer: read through it
+        n = s.readinto(small)
+        h.update(small[:n])
+        assert s._sock is None
+        big = memoryview(bytearray(3 << 20))
+        for step in range(1000):
+            if step % 3 == 2:
+                data = s.read(100_000 + step)
+                n = len(data)
+                h.update(data)
+            else:
+                n = s.readinto(big)
+                h.update(big[:n])
+            if not n:
+                break
+            sizes.append(n)
+        assert s._sock is not None, "the large reads went to the socket directly"
+    assert s.bytes == 64 << 20 and len(sizes) > 20
+    assert h.hexdigest() == tiny.sha256(client.call("VDI.get_uuid", vdi))
+
+
+def test_a_stalled_export_times_out_with_a_clear_error(tiny):
+    opts = ConnectionOptions(parse_xapi_url(tiny.url), tiny.username, tiny.password, ca_path=tiny.ca_path, timeout=1)
+    with XapiClient(opts) as c:
+        snap, _ = snapshot_disk(c)
+        tiny.fault(path="/export", action="stall", after_bytes=8 << 20, seconds=20)
+        buf = memoryview(bytearray(2 << 20))
+        with ExportStream(c, "/export", "export of tiny-01", ref=snap) as s, pytest.raises(XapiConnectionError) as e:
+            while s.readinto(buf):
+                assert s._sock is not None  # the stall hits the direct reads
+    assert "export of tiny-01 failed after" in str(e.value), e.value
+    assert "the connection broke: TimeoutError" in str(e.value), e.value
+    assert 0 < e.value.bytes_done <= 8 << 20
+
+
+def test_readinto_over_plain_http(sim_factory):
+    sim = sim_factory(lab=TINY, tls=False)
+    opts = ConnectionOptions(parse_xapi_url(sim.url), sim.username, sim.password)
+    with XapiClient(opts) as c:
+        _, vdi = snapshot_disk(c)
+        buf = memoryview(bytearray(3 << 20))
+        h = hashlib.sha256()
+        with ExportStream(c, "/export_raw_vdi", "export of tiny-01 disk 0", vdi=vdi, format="raw") as s:
+            while n := s.readinto(buf):
+                h.update(buf[:n])
+            assert s._sock is not None
+        assert s.bytes == 64 << 20
+        assert h.hexdigest() == sim.sha256(c.call("VDI.get_uuid", vdi))
