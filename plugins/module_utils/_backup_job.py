@@ -93,6 +93,10 @@ class BackupJob:
         disks = [d for d in vm["disks"] if not d["name_label"].startswith(NO_BACKUP_DISK_PREFIX)]
         vdis = inventory.raw.get("VDI", {})
         full_bytes = sum(int(vdis[inventory.vdi_ref[d["uuid"]]].get("physical_utilisation") or 0) for d in disks)
+        image = record.get("suspend_VDI") or snapshots.NULL_REF
+        if self.spec.mode == "incremental" and record.get("power_state") == "Suspended" and image != snapshots.NULL_REF:
+            with contextlib.suppress(XapiError):  # the memory image goes whole with every incremental backup
+                full_bytes += int(client.call("VDI.get_physical_utilisation", image) or 0)
         mode, reason, parents = "full", "full mode", {}
         if self.spec.mode == "incremental":
             base = snapshots.base_snapshot(client, record, self.spec.job_id)

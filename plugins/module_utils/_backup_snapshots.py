@@ -38,12 +38,14 @@ def snapshot_name(job_name, vm_name):
 
 
 class Snapshot:
-    """One backup snapshot: the snapshot VM and its disk VDIs keyed by the live VDI they copy."""
+    """One backup snapshot: the snapshot VM and its disk VDIs keyed by the live VDI they copy, and the
+    memory image (``suspend``: {"ref", "record"}) when the VM was suspended."""
 
-    def __init__(self, ref, record, disks):
+    def __init__(self, ref, record, disks, suspend=None):
         self.ref = ref
         self.record = record
         self.disks = disks  # live VDI uuid -> {"ref", "record", "vbd"}
+        self.suspend = suspend
 
     @property
     def uuid(self):
@@ -72,7 +74,9 @@ def _disks(client, snap_ref, snap_record):
 
 def load(client, snap_ref):
     record = client.call("VM.get_record", snap_ref)
-    return Snapshot(snap_ref, record, _disks(client, snap_ref, record))
+    image = record.get("suspend_VDI") or NULL_REF
+    suspend = {"ref": image, "record": client.call("VDI.get_record", image)} if image != NULL_REF else None
+    return Snapshot(snap_ref, record, _disks(client, snap_ref, record), suspend)
 
 
 def take(client, vm_ref, vm_record, job, schedule_id, job_name, ignore_vdis, timeout, now=None):
@@ -185,6 +189,9 @@ def destroy(client, snap_ref):
             vbd_rec = client.call("VBD.get_record", vbd)
             if vbd_rec["type"] == "Disk" and vbd_rec["VDI"] != NULL_REF:
                 vdis.append(vbd_rec["VDI"])
+    image = record.get("suspend_VDI") or NULL_REF
+    if image != NULL_REF:
+        vdis.append(image)  # the snapshot of a suspended VM has its own memory image: VM.destroy leaves it
     client.call("VM.destroy", snap_ref)
     for vdi in vdis:
         with contextlib.suppress(XapiError):

@@ -345,6 +345,17 @@ class VmBackup:
                 base_vdi_uuid=base_disk["record"]["uuid"] if base_disk else None,
             )
             vbds[disk["vbd_ref"]] = disk["vbd"]
+        if snap.suspend is not None:
+            # A suspended VM's memory, as XO keeps it: a full VHD of the snapshot's image in a folder named
+            # after the image, listed in vdis without a VBD; the restore creates the VM suspended on it.
+            image = snap.suspend
+            for t, sink in self._transfer_disk(snap, image["record"]["uuid"], image, None, {}, when).items():
+                sinks_by_target[t].append(sink)
+                vhds.setdefault(t, {})[image["ref"]] = sink.relative
+            differencing[image["ref"]] = False
+            vdis[image["ref"]] = vdi_record(
+                image["record"], snapshot_of_uuid=None, sr_uuid=self._sr_uuid(image["record"]["SR"]), vm_uuid=self.uuid
+            )
         full = not any(differencing.values())
         self.result.update(
             mode="full" if full else "incremental",

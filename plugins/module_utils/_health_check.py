@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from ._restore import destroy_vm, restore_backup
+from ._restore import destroy_vm, power_on_call, restore_backup
 from ._restore_errors import RestoreError
 from ._restore_select import load_backup
 from ._xapi_errors import XapiError
@@ -130,7 +130,7 @@ def health_check(client, storage, backup_id, sr_ref, timeout=DEFAULT_TIMEOUT, wa
             client.call("VM.set_xenstore_data", vm_ref, data)
         clock = _Clock(timeout)
         try:
-            run_async(client, "VM.start", vm_ref, False, False, timeout=max(clock.left, 1))
+            run_async(client, power_on_call(client, vm_ref), vm_ref, False, False, timeout=max(clock.left, 1))
         except XapiError as e:
             raise HealthCheckFailed(f"the restored VM did not start ({e})") from None
         _wait(clock, lambda: True if client.call("VM.get_power_state", vm_ref) == "Running" else None,

@@ -18,6 +18,7 @@ same backup under the same name a no-op unless forced.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -398,6 +399,10 @@ def destroy_vm(client, vm_ref):
     created = Created(client)
     created.vm = vm_ref
     created.add_vm_disks(vm_ref)
+    with contextlib.suppress(XapiError):  # a VM still suspended: its memory image has no VBD
+        image = client.call("VM.get_suspend_VDI", vm_ref)
+        if image != NULL_REF:
+            created.vdis.append(image)
     return created.undo()
 
 
@@ -707,9 +712,10 @@ class Restore:
 
 
 def start_vm(client, vm_ref, name, backup_id):
-    """Start a restored VM; a failure keeps the VM (the restore itself worked) and says so."""
+    """Start a restored VM (resume it, if it was restored suspended); a failure keeps the VM (the restore
+    itself worked) and says so."""
     try:
-        run_async(client, "VM.start", vm_ref, False, False, timeout=START_TIMEOUT)
+        run_async(client, power_on_call(client, vm_ref), vm_ref, False, False, timeout=START_TIMEOUT)
     except XapiError as e:
         raise VmStartError(
             f"Backup {backup_id} was restored as VM {name!r}, which is kept, but it could not be started: "
@@ -717,6 +723,12 @@ def start_vm(client, vm_ref, name, backup_id):
             e.code,
             e.params,
         ) from None
+
+
+def power_on_call(client, vm_ref):
+    """``VM.resume`` for a VM restored with its memory image (it was suspended when backed up), else
+    ``VM.start``, which xapi refuses on a suspended VM."""
+    return "VM.resume" if client.call("VM.get_power_state", vm_ref) == "Suspended" else "VM.start"
 
 
 def restore_backup(
@@ -759,7 +771,7 @@ def restore_backup(
             outcome = RestoreOutcome(backup)
             outcome.already_restored = True
             outcome.vm_ref, record = found
-            if start and record.get("power_state") == "Halted":
+            if start and record.get("power_state") in ("Halted", "Suspended"):
                 outcome.changed = True
                 if not check_mode:
                     try:

@@ -46,6 +46,12 @@ class BackupInfo:
     metadata: Dict[str, Any] = field(repr=False, compare=False)
 
     @property
+    def with_memory(self) -> bool:
+        """An incremental backup of a suspended VM: its memory image is stored beside the disks."""
+        image = (self.metadata.get("vmSnapshot") or {}).get("suspend_VDI")
+        return bool(image) and image in self.vhds
+
+    @property
     def differencing(self) -> Dict[str, bool]:
         """Per VDI ref: is the stored VHD a delta on top of an older one."""
         return dict(self.metadata.get("isVhdDifferencing") or {})
@@ -63,6 +69,7 @@ class BackupInfo:
             "job_id": self.job_id,
             "schedule_id": self.schedule_id,
             "tags": list(self.tags),
+            "with_memory": self.with_memory,
         }
         if self.mode == "full":
             out["xva"] = self.xva

@@ -71,7 +71,8 @@ def vdi_record(
     if vm_uuid is not None:
         other["xo:backup:vm"] = vm_uuid
     out["other_config"] = other
-    out["$snapshot_of$uuid"] = snapshot_of_uuid
+    if snapshot_of_uuid is not None:  # None: a suspended VM's memory image, which copies no live disk
+        out["$snapshot_of$uuid"] = snapshot_of_uuid
     out["$SR$uuid"] = sr_uuid
     return out
 

@@ -182,6 +182,9 @@ notes:
   - On S3 remotes, and on others whose URL carries C(useVhdDirectory=true), incremental backups are stored as
     Xen Orchestra's VHD directories (one brotli-compressed object per 2 MiB block), which needs the Python
     brotli package; retention merges them by moving block objects.
+  - A suspended VM's incremental backup also keeps its memory image, as Xen Orchestra does (a full VHD beside
+    the disks, in a folder named after the image), so that it restores suspended. A full backup does not: XAPI
+    exports a suspended VM without its memory, and it restores halted.
 requirements:
   - requests
   - jmespath

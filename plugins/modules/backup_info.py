@@ -190,9 +190,15 @@ backups:
       returned: for full backups
     vhds:
       description: For an incremental backup, the path of the VHD of each disk, by the VDI's reference in the
-        metadata.
+        metadata. A VM that was suspended has one more, its memory image (see RV(backups[].with_memory)).
       type: dict
       returned: for incremental backups
+    with_memory:
+      description:
+        - Whether the backup holds the VM's memory image: an incremental backup of a suspended VM. It restores
+          as a suspended VM, which O(xapi.proxy.restore#module:start) resumes.
+        - A full backup never does (XAPI exports a suspended VM without its memory), so it restores halted.
+      type: bool
     chain:
       description: For an incremental backup, one entry per disk with the VHD files a restore reads.
       type: list

@@ -114,7 +114,8 @@ options:
     type: dict
   start:
     description:
-      - Start the VM once it is restored.
+      - Start the VM once it is restored. A backup that holds the VM's memory image (an incremental backup of a
+        suspended VM) restores as a suspended VM, which is resumed instead.
       - If it cannot start, the restored VM is kept and the module fails with the reason, reporting
         C(changed=true) and the VM in RV(vm). Running the task again finds the VM already restored and
         starts it.

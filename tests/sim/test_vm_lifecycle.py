@@ -246,3 +246,47 @@ def test_cbt_changed_blocks_and_data_destroy(sim, x):
     assert x.VDI.get_type(v1) == "cbt_metadata"
     # The CBT log survives data_destroy, as the next incremental needs it.
     assert base64.b64decode(x.VDI.list_changed_blocks(v1, v2)) == bitmap
+
+
+def test_suspend_snapshot_resume_and_create_suspended(sim, x):
+    web = vm_by_name(x, "web-01")
+    assert failure(lambda: x.VM.resume(web, False, False))[:1] == ["VM_BAD_POWER_STATE"]
+    x.VM.suspend(web)
+    rec = x.VM.get_record(web)
+    image = rec["suspend_VDI"]
+    assert rec["power_state"] == "Suspended" and image != NULL
+    image_rec = x.VDI.get_record(image)
+    assert (
+        image_rec["type"] == "suspend"
+        and image_rec["VBDs"] == []
+        and image_rec["SR"] == x.pool.get_suspend_image_SR(x.pool.get_all()[0])
+    )
+    assert failure(lambda: x.VM.start(web, False, False))[:1] == ["VM_BAD_POWER_STATE"]
+
+    # The snapshot of a suspended VM is suspended too, with a snapshot of the memory image.
+    snap = x.VM.snapshot(web, "suspended")
+    snap_rec = x.VM.get_record(snap)
+    snap_image = snap_rec["suspend_VDI"]
+    assert snap_rec["power_state"] == "Suspended" and snap_image not in (NULL, image)
+    copy = x.VDI.get_record(snap_image)
+    assert copy["type"] == "suspend" and copy["is_a_snapshot"] and copy["snapshot_of"] == image
+    assert sim.sha256(copy["uuid"]) == sim.sha256(image_rec["uuid"])
+    # VM.destroy leaves the suspend image, as xapi does: callers destroy it themselves.
+    x.VM.destroy(snap)
+    assert x.VDI.get_type(snap_image) == "suspend"
+
+    # A VM created Suspended around an image (a restore), then resumed: the image goes.
+    base = {k: v for k, v in rec.items() if k not in ("parent", "snapshot_of", "suspend_VDI")}
+    created = x.VM.create({**base, "name_label": "restored", "power_state": "Suspended", "suspend_VDI": snap_image})
+    assert x.VM.get_power_state(created) == "Suspended" and x.VM.get_suspend_VDI(created) == snap_image
+    x.VM.resume(created, False, False)
+    assert x.VM.get_power_state(created) == "Running" and x.VM.get_suspend_VDI(created) == NULL
+    assert snap_image not in x.VDI.get_all()
+    # Without an image, power_state is ignored: the VM is created Halted.
+    halted = x.VM.create({**base, "name_label": "plain", "power_state": "Suspended", "suspend_VDI": NULL})
+    assert x.VM.get_power_state(halted) == "Halted"
+
+    # A hard shutdown of a suspended VM discards its memory image.
+    x.VM.hard_shutdown(web)
+    assert x.VM.get_power_state(web) == "Halted" and x.VM.get_suspend_VDI(web) == NULL
+    assert image not in x.VDI.get_all()

@@ -9,7 +9,7 @@ import uuid
 from .api import now
 from .errors import ApiError, bad_power_state
 from .model import NULL_REF
-from .ops_vdi import node_of
+from .ops_vdi import node_of, sync_sr
 
 # Fields a snapshot/clone copies from the source VM (identity and device lists are rebuilt).
 _VM_SKIP = {
@@ -71,8 +71,10 @@ def install(server):
 
     # -- create / destroy -----------------------------------------------------------------------
     def before_create(ctx, values):
-        values.setdefault("power_state", "Halted")
-        values["power_state"] = "Halted"
+        # xapi creates a VM Suspended when given a suspend image (XO's restore of a suspended VM), else Halted.
+        image = values.get("suspend_VDI") or NULL_REF
+        suspended = values.get("power_state") == "Suspended" and image != NULL_REF and db.exists("VDI", image)
+        values["power_state"] = "Suspended" if suspended else "Halted"
         return values
 
     def after_create(ctx, ref):
@@ -150,9 +152,17 @@ def install(server):
         boot(ref, host)
         return ""
 
-    def halt(ref):
+    def drop_suspend_image(ref):
+        image = vm(ref)["suspend_VDI"]
+        db.set("VM", ref, suspend_VDI=NULL_REF)
+        if image != NULL_REF and db.exists("VDI", image):
+            server.destroy_vdi(None, image)
+
+    def halt(ref, state="Halted"):
         rec = vm(ref)
-        db.set("VM", ref, power_state="Halted", domid=-1)
+        if rec["power_state"] == "Suspended":
+            drop_suspend_image(ref)  # a hard shutdown discards the saved memory, as xapi does
+        db.set("VM", ref, power_state=state, domid=-1)
         api.set_field("VM", ref, "resident_on", NULL_REF)
         for vbd in rec["VBDs"]:
             if db.exists("VBD", vbd):
@@ -173,6 +183,44 @@ def install(server):
             return ""
 
         api.handler(f"VM.{op}")(power_off)
+
+    @api.handler("VM.suspend")
+    def vm_suspend(ctx, ref):
+        """Save the memory to a new VDI of type ``suspend`` on the pool's suspend image SR, then stop."""
+        assert_not_blocked(ref, "suspend")
+        assert_power(ref, "Running")
+        rec = vm(ref)
+        pool = next(iter(db.tables["pool"]))
+        sr = db.field("pool", pool, "suspend_image_SR")
+        if sr == NULL_REF or not db.exists("SR", sr):
+            sr = server.default_sr()
+        image = server.create_vdi(
+            sr, name_label="Suspend image", name_description="Suspend image", type="suspend",
+            virtual_size=rec["memory_static_max"], sharable=False, read_only=False, other_config={},
+        )  # fmt: skip
+        # Some "memory": a marker naming the VM and this suspend, then random pages.
+        marker = f"xapisim suspend image of VM {rec['uuid']}, domain {rec['domid']}\n".encode()
+        server.storage.write(node_of(db, image), 0, marker + random.randbytes(3 << 20))
+        sync_sr(server, sr)  # the image's physical_utilisation, as the SR reports it
+        halt(ref, state="Suspended")
+        db.set("VM", ref, suspend_VDI=image)
+        return ""
+
+    def resume(ctx, ref, host):
+        assert_not_blocked(ref, "resume")
+        assert_power(ref, "Suspended")
+        drop_suspend_image(ref)  # the memory is back in the domain
+        boot(ref, host)
+        return ""
+
+    @api.handler("VM.resume")
+    def vm_resume(ctx, ref, start_paused=False, force=False):
+        return resume(ctx, ref, server.master_ref())
+
+    @api.handler("VM.resume_on")
+    def vm_resume_on(ctx, ref, host, start_paused=False, force=False):
+        db.get("host", host)
+        return resume(ctx, ref, host)
 
     for op in ("clean_reboot", "hard_reboot"):
 
@@ -258,6 +306,9 @@ def install(server):
             snapshot_metadata=metadata,
             parent=NULL_REF,
         )
+        if rec["power_state"] == "Suspended" and rec["suspend_VDI"] != NULL_REF:
+            # The snapshot of a suspended VM is suspended too, with its own snapshot of the memory image.
+            db.set("VM", snap, power_state="Suspended", suspend_VDI=server.snapshot_vdi(rec["suspend_VDI"]))
         api.set_field("VM", snap, "snapshot_of", ref)
         api.set_field("VM", snap, "parent", rec["parent"])
         api.set_field("VM", ref, "parent", snap)

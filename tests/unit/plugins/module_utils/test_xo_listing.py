@@ -150,6 +150,7 @@ def test_listing_every_vm(store):
         "job_id": JOB,
         "schedule_id": SCHED,
         "tags": ["daily=2024-06-18"],
+        "with_memory": False,
         "xva": f"xo-vm-backups/{VM1}/20240618T020003Z.xva",
     }
     assert second.date == "2024-06-19T02:00:03.123Z"
