@@ -183,8 +183,8 @@ notes:
     Xen Orchestra's VHD directories (one brotli-compressed object per 2 MiB block), which needs the Python
     brotli package; retention merges them by moving block objects.
   - A suspended VM's incremental backup also keeps its memory image, as Xen Orchestra does (a full VHD beside
-    the disks, in a folder named after the image), so that it restores suspended. A full backup does not: XAPI
-    exports a suspended VM without its memory, and it restores halted.
+    the disks, in a folder named after the image), so that it restores suspended. A full backup does not, since
+    XAPI exports a suspended VM without its memory; it restores halted.
 requirements:
   - requests
   - jmespath

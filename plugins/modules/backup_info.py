@@ -195,8 +195,8 @@ backups:
       returned: for incremental backups
     with_memory:
       description:
-        - Whether the backup holds the VM's memory image: an incremental backup of a suspended VM. It restores
-          as a suspended VM, which O(xapi.proxy.restore#module:start) resumes.
+        - Whether the backup holds the VM's memory image, as an incremental backup of a suspended VM does. It
+          restores as a suspended VM, which O(xapi.proxy.restore#module:start) resumes.
         - A full backup never does (XAPI exports a suspended VM without its memory), so it restores halted.
       type: bool
     chain:
