@@ -250,7 +250,9 @@ def clean(storage, vm_uuid, delete=(), on_progress=None, keep=None, lock=None):
             storage.delete_tree(action.path)
     if the_plan.rewrite_cache or done["removed"] or done["merged"]:
         check_held(lock, "rewriting the cache")
-        write_cache(storage, vm_uuid, {bid: md for bid, md in survey.backups.items() if bid in the_plan.kept})
+        kept = {bid: md for bid, md in survey.backups.items() if bid in the_plan.kept}
+        # Metadata of a shape we do not know stays listed too: Xen Orchestra lists backups from the cache.
+        write_cache(storage, vm_uuid, {**{bid: md for bid, (_, md) in survey.odd.items()}, **kept})
     return done
 
 
@@ -278,10 +280,16 @@ def _merge(storage, action, state, on_progress, lock=None):
     state_path = action.state or merge_state_path(parent_path)
 
     def save_state(new_state):
-        # Every merge step saves its state first: the place to stop if the lock went meanwhile, with a
-        # state the next holder resumes from.
         check_held(lock, f"the next step of merging into {parent_path}")
         storage.write_json(state_path, new_state)
+
+    def progress(done, total):
+        # After each block: if the lock went meanwhile, stop before the next one, as a kill would; the
+        # state saved last (every few seconds) is where the next holder resumes.
+        check_held(lock, f"the next block of the merge into {parent_path}")
+        if on_progress is not None:
+            on_progress(done, total)
+            check_held(lock, f"the next block of the merge into {parent_path}")
 
     directory = posixpath.dirname(parent_path)
     if state and state.get("chain"):
@@ -289,7 +297,7 @@ def _merge(storage, action, state, on_progress, lock=None):
         chain = [posixpath.normpath(posixpath.join(directory, p)) for p in state["chain"]]
         parent_path = chain[0]
     if is_alias(parent_path):
-        state = _merge_directory(storage, chain, state, save_state, on_progress)
+        state = _merge_directory(storage, chain, state, save_state, progress)
     elif state is None or state.get("step") not in _CLEANUP_STEPS:
         children = chain[1:]
         with storage.open_update(parent_path) as pfile:
@@ -310,7 +318,7 @@ def _merge(storage, action, state, on_progress, lock=None):
                     state=state,
                     on_state=save_state,
                     chain=[posixpath.basename(p) for p in chain],
-                    on_progress=on_progress,
+                    on_progress=progress,
                 )
             finally:
                 for fh in opened:

@@ -74,8 +74,10 @@ def _disks(client, snap_ref, snap_record):
 
 def load(client, snap_ref):
     record = client.call("VM.get_record", snap_ref)
-    image = record.get("suspend_VDI") or NULL_REF
-    suspend = {"ref": image, "record": client.call("VDI.get_record", image)} if image != NULL_REF else None
+    image, suspend = record.get("suspend_VDI") or NULL_REF, None
+    if image != NULL_REF:
+        with contextlib.suppress(XapiError):  # gone (a base's image nobody needs): the disks are what counts
+            suspend = {"ref": image, "record": client.call("VDI.get_record", image)}
     return Snapshot(snap_ref, record, _disks(client, snap_ref, record), suspend)
 
 

@@ -130,7 +130,13 @@ def health_check(client, storage, backup_id, sr_ref, timeout=DEFAULT_TIMEOUT, wa
             client.call("VM.set_xenstore_data", vm_ref, data)
         clock = _Clock(timeout)
         try:
-            run_async(client, power_on_call(client, vm_ref), vm_ref, False, False, timeout=max(clock.left, 1))
+            call = power_on_call(client, vm_ref)
+            if call == "VM.resume" and wait_xenstore:
+                # Restored with its memory: resumed, the guest would not boot, so its boot-time script
+                # would never report. Boot it afresh instead.
+                client.call("VM.hard_shutdown", vm_ref)
+                call = "VM.start"
+            run_async(client, call, vm_ref, False, False, timeout=max(clock.left, 1))
         except XapiError as e:
             raise HealthCheckFailed(f"the restored VM did not start ({e})") from None
         _wait(clock, lambda: True if client.call("VM.get_power_state", vm_ref) == "Running" else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import socket
 
 from ._xapi_errors import CONNECTION_ERRORS, XapiConnectionError, XapiError, describe_failure
 from ._xapi_tasks import wait_for_task
@@ -223,6 +224,8 @@ class ExportStream(_Transfer):
                     # is larger than its own); from then on the socket is read directly.
                     n = fp.fp.readinto1(view)
                     self._sock = sock
+                    if n:  # a full first piece, as before: the in-body error check reads its start
+                        n += _recv_full(sock, view[n:])
                 else:
                     n = fp.readinto(view)
         except Exception as e:  # socket and TLS errors, raw from http.client
@@ -233,7 +236,9 @@ class ExportStream(_Transfer):
         details = self._task_error(wait=5.0)
         if details:
             return self._xapi_failure(details)
-        return self._failed(f"the connection broke: {type(e).__name__}", connection=True)
+        # socket.timeout is TimeoutError from Python 3.10 on, a class of its own named "timeout" before.
+        name = "TimeoutError" if isinstance(e, socket.timeout) else type(e).__name__
+        return self._failed(f"the connection broke: {name}", connection=True)
 
     def _account(self, data, n):
         """Count the ``n`` bytes just read into ``data``; at the end, confirm the task. False at the end."""

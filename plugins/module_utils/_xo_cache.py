@@ -22,8 +22,8 @@ from ansible_collections.xapi.proxy.plugins.module_utils._xo_layout import (
 )
 from ansible_collections.xapi.proxy.plugins.module_utils._xo_metadata import (
     MetadataError,
+    MetadataShapeError,
     parse_metadata,
-    validate_metadata,
 )
 
 
@@ -44,7 +44,11 @@ def encode_cache(backups: Mapping[str, Mapping[str, Any]]) -> bytes:
 
 
 def decode_cache(data: bytes, filename: str = "cache.json.gz") -> Dict[str, Dict[str, Any]]:
-    """``{backup id: metadata}`` from cache bytes; entries are validated, ``_filename``/``id`` dropped."""
+    """``{backup id: metadata}`` from cache bytes, ``_filename``/``id`` dropped.
+
+    Entries are JSON objects as the metadata files hold them, not validated: one of a shape we do not know
+    (another XO version's) stays in the cache for XO, which lists from it; readers validate each entry.
+    """
     try:
         raw = json.loads(gzip.decompress(data).decode("utf-8"))
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as err:
@@ -57,8 +61,9 @@ def decode_cache(data: bytes, filename: str = "cache.json.gz") -> Dict[str, Dict
             bid = normalize_backup_id(key)
         except ValueError:
             raise MetadataError(f"{filename}: key {key!r} is not a backup metadata path.") from None
-        valid = validate_metadata(md, f"{filename}[{key}]")
-        out[bid] = {k: v for k, v in valid.items() if k not in ("_filename", "id")}
+        if not isinstance(md, dict):
+            raise MetadataError(f"{filename}: the entry {key!r} is not a JSON object.")
+        out[bid] = {k: v for k, v in md.items() if k not in ("_filename", "id")}
     return out
 
 
@@ -76,7 +81,9 @@ def write_cache(storage: Storage, vm_uuid: str, backups: Mapping[str, Mapping[st
 
 
 def scan_metadata(storage: Storage, vm_uuid: str, warnings: Optional[list] = None) -> Dict[str, Dict[str, Any]]:
-    """Read and validate every ``*.json`` of the VM directory; unreadable ones go to ``warnings``."""
+    """Read every ``*.json`` of the VM directory: ``{backup id: metadata}``, as :func:`decode_cache` gives
+    them (objects of a shape we do not know included). Files that are not a JSON object, or cannot be
+    read, go to ``warnings``."""
     directory = vm_backup_dir(vm_uuid)
     out = {}
     for name in storage.list(directory, missing_ok=True):
@@ -85,6 +92,8 @@ def scan_metadata(storage: Storage, vm_uuid: str, warnings: Optional[list] = Non
         path = f"{directory}/{name}"
         try:
             out[path] = parse_metadata(storage.read_bytes(path), path)
+        except MetadataShapeError as err:
+            out[path] = err.metadata
         except (MetadataError, StorageError) as err:
             if warnings is None:
                 raise

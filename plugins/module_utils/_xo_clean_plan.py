@@ -143,10 +143,11 @@ def plan_clean_vm(
             deleted[bid] = f"unreadable metadata: {why}"
 
     odd = odd_metadata or {}
-    odd_vhds = set()
+    odd_vhds, odd_dirs, pin_all = set(), set(), False
     for bid, (why, md) in sorted(odd.items()):
         _, paths = named_files(bid, md)
         if paths is None:  # which VHDs it uses cannot be known: none is deleted or merged meanwhile
+            pin_all = True
             odd_vhds.update(vhds)
             warnings.append(
                 f"{bid}: backup metadata of a shape this collection does not know ({why}); it is kept, and so are "
@@ -155,7 +156,10 @@ def plan_clean_vm(
             )
         else:
             odd_vhds.update(paths)
+            odd_dirs.update(posixpath.dirname(path) for path in paths)
             warnings.append(f"{bid}: backup metadata of a shape this collection does not know ({why}); kept")
+    # What it names stays even if we cannot open it (XO may; a newer format), with everything it rests on.
+    odd_vhds = _with_ancestors(odd_vhds, vhds)
 
     broken = _broken(vhds, broken_vhds)
     for path in sorted(broken):
@@ -181,7 +185,7 @@ def plan_clean_vm(
             doomed.add(path)
             actions.append(Action("delete_vhd", path, "no backup uses it any more", data=(aliases or {}).get(path)))
     for path in sorted(broken):
-        if remove:
+        if remove and path not in odd_vhds:
             doomed.add(path)
             actions.append(Action("delete_vhd", path, f"broken: {broken[path]}", data=(aliases or {}).get(path)))
     for path, result in sorted(results.items()):
@@ -199,10 +203,11 @@ def plan_clean_vm(
             )
 
     _files_plan(vm_dir, backups, invalid_metadata or {}, odd, deleted, files, remove, remove_temp, actions)
-    if remove:
+    if remove and not pin_all:  # metadata that does not say what it uses: no directory is ours to remove
         for data in sorted(set(data_dirs) - set((aliases or {}).values())):
-            actions.append(Action("delete_dir", data, "VHD directory that no alias names"))
-        alive = {posixpath.dirname(p) for p in vhds if p not in doomed}
+            if posixpath.dirname(posixpath.dirname(data)) not in odd_dirs:
+                actions.append(Action("delete_dir", data, "VHD directory that no alias names"))
+        alive = {posixpath.dirname(p) for p in vhds if p not in doomed} | odd_dirs
         for directory in sorted((set(vdi_dirs) | {posixpath.dirname(p) for p in vhds}) - alive):
             actions.append(Action("delete_dir", directory, "no VHD left in this disk directory"))
 
@@ -211,6 +216,19 @@ def plan_clean_vm(
     if cached_ids is not None and set(cached_ids) != set(active):
         rewrite = True
     return CleanPlan(actions, warnings, sorted(active), rewrite, list(deleted))
+
+
+def _with_ancestors(paths, vhds) -> set:
+    """``paths`` and every VHD they rest on, as far as ``vhds`` (path → parent) knows them."""
+    out, todo = set(), list(paths)
+    while todo:
+        path = todo.pop()
+        if path in out:
+            continue
+        out.add(path)
+        if vhds.get(path):
+            todo.append(vhds[path])
+    return out
 
 
 def _as_map(values) -> Mapping[str, str]:

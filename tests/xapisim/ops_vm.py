@@ -118,7 +118,7 @@ def install(server):
         return ""
 
     # -- power ----------------------------------------------------------------------------------
-    def boot(ref, host):
+    def boot(ref, host, resumed=False):
         rec = vm(ref)
         server.domid += 1
         db.set("VM", ref, power_state="Running", resident_on=NULL_REF, domid=server.domid)
@@ -129,7 +129,7 @@ def install(server):
             db.set("VIF", vif, currently_attached=True)
         if rec["metrics"] != NULL_REF and db.exists("VM_metrics", rec["metrics"]):
             db.set("VM_metrics", rec["metrics"], start_time=now())
-        server.guest.boot(ref)
+        server.guest.boot(ref, resumed=resumed)
 
     @api.handler("VM.start")
     def vm_start(ctx, ref, start_paused=False, force=False):
@@ -210,7 +210,7 @@ def install(server):
         assert_not_blocked(ref, "resume")
         assert_power(ref, "Suspended")
         drop_suspend_image(ref)  # the memory is back in the domain
-        boot(ref, host)
+        boot(ref, host, resumed=True)
         return ""
 
     @api.handler("VM.resume")
@@ -491,7 +491,9 @@ class Guest:
             self.db.touch()
         return leases[vm_uuid]
 
-    def boot(self, ref):
+    def boot(self, ref, resumed=False):
+        """``resumed``: the guest carries on where it was suspended; its agent reports again, but nothing it
+        runs at boot (the health-check script) runs."""
         if not self.bootable(ref):
             return
         ip = self.address(ref)
@@ -508,7 +510,7 @@ class Guest:
             live=True,
         )
         self.db.set("VM", ref, guest_metrics=metrics)
-        if HEALTH_TAG in self.db.field("VM", ref, "tags"):
+        if HEALTH_TAG in self.db.field("VM", ref, "tags") and not resumed:
             # The guest's health-check agent reports through xenstore, as XO's health check expects.
             boot = self.server.storage.read(node_of(self.db, self._boot_disk(ref)), 0, 4096)
             verdict = "failure" if HEALTH_FAIL_MARKER in boot else "success"

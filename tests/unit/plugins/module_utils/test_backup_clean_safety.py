@@ -13,6 +13,7 @@ from test_backup_retention import live_disks, module_args
 
 from ansible_collections.xapi.proxy.plugins.module_utils._backup_clean import RetentionRefused, clean
 from ansible_collections.xapi.proxy.plugins.module_utils._storage import LockLostError, StorageError, open_remote
+from ansible_collections.xapi.proxy.plugins.module_utils._xo_cache import decode_cache
 
 MiB = 1 << 20
 
@@ -266,15 +267,22 @@ def test_a_clean_up_whose_lock_was_taken_over_deletes_nothing(tiny, tmp_path):
 
 
 def test_a_merge_stops_when_its_lock_is_taken_over_and_the_next_run_finishes_it(tiny, tmp_path):
-    remote, disks, first, second = two_incrementals(tiny, tmp_path)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    disks = live_disks(tiny)
+    first = backup(tiny, remote, tmp_path, retention=5)
+    for i in range(12):  # twelve 2 MiB blocks in the second backup's delta of disk 0
+        tiny.write(disks["0"], os.urandom(4096), offset=i * 4 * MiB)
+    second = backup(tiny, remote, tmp_path, retention=5)
     vm_uuid = second["uuid"]
     storage = open_remote(f"file://{remote}")
     held = storage.lock(f"xo-vm-backups/{vm_uuid}", stale=0.4)
     lock_dir = remote / held.path
+    merged = []
 
     def take_over(done, total):
-        # The remote stalls mid-merge for longer than the lock's staleness; another process takes the lock.
-        if not held.lost:
+        merged.append((done, total))
+        if len(merged) == 1:  # the remote stalls past the lock's staleness; another process takes the lock
             lock_dir.rmdir()
             lock_dir.mkdir()
             deadline = time.monotonic() + 10
@@ -285,10 +293,10 @@ def test_a_merge_stops_when_its_lock_is_taken_over_and_the_next_run_finishes_it(
         clean(storage, vm_uuid, delete=[first["backup_id"]], lock=held, on_progress=take_over)
     held.release()
 
-    # Stopped before the rename: the older backup's metadata went first (XO's order), its VHDs are still
-    # there, and the merge is left for the next run to resume.
+    # Not one more block once the loss was known; the first backup's metadata went first (XO's order),
+    # its VHDs are still there, and the merge is left for the next run to resume.
+    assert len(merged) == 1 and merged[0][1] >= 12, merged
     assert backups_of(remote, vm_uuid) == [second["backup_id"]]
-    assert disk_vhd(remote, second["backup_id"], disks["0"]).exists()
     assert list(remote.rglob(".*.merge.json")), "the stopped merge left its state for the next run"
     lock_dir.rmdir()  # the other holder is done
     rc, result = run_module("backup", module_args(tiny, remote, tmp_path, retention=1))
@@ -328,6 +336,9 @@ def test_metadata_of_an_unknown_shape_is_never_deleted_by_retention(tiny, tmp_pa
     assert sorted(backups_of(remote, vm["uuid"])) == sorted([ids[1], vm["backup_id"]])
     assert {path: (remote / path).read_bytes() for path in before} == before  # its XVA and checksum, untouched
     assert remote_disk_hashes(remote, ids[1]) == hashes  # its disks (and their ancestors) restorable as before
+    # And Xen Orchestra, which lists from cache.json.gz, still lists it.
+    cache = decode_cache((remote / "xo-vm-backups" / vm["uuid"] / "cache.json.gz").read_bytes())
+    assert sorted(cache) == sorted([ids[1], vm["backup_id"]])
 
 
 def test_a_remote_that_failed_on_one_disk_does_not_send_the_next_disk_full(tiny, tmp_path):

@@ -313,6 +313,31 @@ def test_a_delta_that_does_not_say_which_vhds_it_uses_pins_them_all():
     ]
 
 
+def test_what_metadata_of_an_unknown_shape_names_stays_even_if_we_cannot_open_it():
+    """A newer XO may write a VHD our reader refuses, next to metadata we do not know: neither goes, nor
+    the VHDs it rests on, nor the folder of a file we do not recognise as a VHD at all."""
+    backups = {bid(1): delta(1)}
+    md = delta(2, vdis=(VDI, VDI2))  # names vhd(2, VDI2) too, which is not in vhds: not taken for a VHD
+    plan = plan_clean_vm(
+        VM, backups=backups, vhds=chain(1, 2), broken_vhds={vhd(2): "bad footer"}, vdi_dirs=[f"{DISKS}/{VDI2}"],
+        odd_metadata={bid(2): ("x", md)},
+    )  # fmt: skip
+    assert kinds(plan) == [], plan.actions
+    assert f"{vhd(2)}: broken VHD (bad footer)" in plan.warnings
+    # Without it, the broken VHD and the folder holding only an unknown file go.
+    plain = plan_clean_vm(VM, backups=backups, vhds=chain(1, 2), broken_vhds={vhd(2): "bad footer"},
+                          vdi_dirs=[f"{DISKS}/{VDI2}"])  # fmt: skip
+    assert kinds(plain) == [("delete_vhd", vhd(2)), ("delete_dir", f"{DISKS}/{VDI2}")]
+
+
+def test_metadata_that_names_no_vhds_keeps_every_folder_and_broken_vhd():
+    plan = plan_clean_vm(
+        VM, backups={bid(1): delta(1)}, vhds={**chain(1), vhd(3, VDI2): None}, broken_vhds={vhd(3, VDI2): "bad"},
+        vdi_dirs=[f"{DISKS}/{VDI2}", f"{DISKS}/other"], odd_metadata={bid(2): odd(delta(2), "vhds")},
+    )  # fmt: skip
+    assert kinds(plan) == [], plan.actions
+
+
 def test_paths_outside_the_vm_directory_pin_nothing_outside_it():
     md = delta(2)
     md["vhds"] = {"OpaqueRef:0": "../../../etc/passwd"}

@@ -111,7 +111,7 @@ def test_cache_written_by_xo_is_read(store):
         (b"not gzip", "not a gzip-compressed JSON cache"),
         (gzip.compress(b"[1]"), "must be a JSON object"),
         (gzip.compress(b'{"/elsewhere/x.json": {}}'), "is not a backup metadata path"),
-        (gzip.compress(b'{"/xo-vm-backups/v/20240618T020003Z.json": {"mode": "full"}}'), "missing key 'timestamp'"),
+        (gzip.compress(b'{"/xo-vm-backups/v/20240618T020003Z.json": [1]}'), "is not a JSON object"),
     ],
 )
 def test_unusable_cache_is_ignored(store, content, message):
@@ -183,8 +183,26 @@ def test_invalid_metadata_is_reported_not_fatal(store):
     found = list_vm_backups(store, VM1, warnings=warnings)
     assert len(found) == 2
     assert len(warnings) == 2
+    warnings.sort()
     assert warnings[0].startswith(f"xo-vm-backups/{VM1}/20240620T020003Z.json: missing key 'timestamp'")
     assert warnings[1].startswith(f"xo-vm-backups/{VM1}/20240621T020003Z.json: not valid JSON")
+
+
+def test_metadata_of_an_unknown_shape_stays_in_the_cache_and_is_reported(store):
+    """Xen Orchestra lists backups from the cache: an entry we cannot read (another XO version's) stays in it
+    when we rewrite it, and our listing reports it instead of dropping the whole cache."""
+    populate(store)
+    odd = {**full(VM1, T0 + 5 * DAY), "scheduleId": 7}
+    odd_id = put(store, VM1, T0 + 5 * DAY, odd)
+    assert set(update_cache(store, VM1)) == {backup_id(VM1, T0), backup_id(VM1, T0 + DAY), odd_id}
+    assert decode_cache(store.read_bytes(cache_path(VM1)))[odd_id] == odd
+    c = put(store, VM1, T0 + 6 * DAY, full(VM1, T0 + 6 * DAY))
+    update_cache(store, VM1, add={c: full(VM1, T0 + 6 * DAY)})
+    assert odd_id in read_cache(store, VM1)
+    warnings = []
+    assert [b.id for b in list_vm_backups(store, VM1, warnings=warnings)] == [backup_id(VM1, T0),
+                                                                             backup_id(VM1, T0 + DAY), c]  # fmt: skip
+    assert len(warnings) == 1 and warnings[0].startswith(f"{odd_id}: key 'scheduleId' must be"), warnings
 
 
 def test_cache_is_used_only_when_it_covers_the_metadata_files(store):

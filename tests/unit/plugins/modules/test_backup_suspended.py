@@ -132,3 +132,17 @@ def test_check_mode_counts_the_memory_image_in_an_incremental_estimate(suspended
         plans[mode] = plan["vms"][0]["estimated_bytes"]
     # The image holds a little over 3 MiB of "memory": two 2 MiB blocks on the simulated SR.
     assert plans["incremental"] - plans["full"] == 4 * MiB, plans
+
+
+def test_a_health_check_that_waits_for_the_guest_script_boots_the_vm_afresh(tiny, tmp_path):
+    """Resumed, a guest carries on and runs nothing at boot: a check waiting for its boot-time script
+    (the xo-backup-health-check-xenstore tag) must boot it instead."""
+    with tiny.xapi() as x:
+        ref = x.VM.get_by_name_label("tiny-run")[0]
+        x.VM.add_tags(ref, "xo-backup-health-check-xenstore")
+        x.VM.suspend(ref)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    vm = backup(tiny, remote, tmp_path, health_check={"sr": "Local storage", "timeout": 5})
+    assert vm["health_check"]["status"] == "success", vm["health_check"]
+    assert vm["health_check"]["waited_for_xenstore"] is True
