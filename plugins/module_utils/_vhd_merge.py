@@ -325,13 +325,15 @@ class _Merger(MergeDriver):
             return
         full = full_mask(self.block_size)
         if parent.has_block(index):
-            bitmap, data = parent.read_block_raw(index)
             if child_mask == full:
-                data = child_data
+                # The child defines every sector: the parent's copy is not read (on a parent larger than
+                # the page cache that read is a disk seek per block, most of a small merge's time).
+                mask, data = full, child_data
             else:
+                bitmap, data = parent.read_block_raw(index)
                 data = bytearray(data)
                 copy_runs(data, child_data, mask_runs(child_mask, self.block_size))
-            mask = bitmap_to_mask(bitmap, self.block_size) | child_mask
+                mask = bitmap_to_mask(bitmap, self.block_size) | child_mask
             self._write_at(parent.block_offset(index), mask_to_bitmap(mask, self.block_size) + bytes(data))
             return
         if child_mask != full:
