@@ -18,6 +18,17 @@ from ansible_collections.xapi.proxy.plugins.module_utils._vhd_directory import r
 from ansible_collections.xapi.proxy.plugins.module_utils._xva_read import extract_xva
 
 
+def backed_up(args):
+    """Run the backup module with ``args``; assert it backed up its one VM and return that VM's result."""
+    from module_runner import run_module  # noqa: PLC0415 - module_runner imports nothing of ours back
+
+    rc, result = run_module("backup", args)
+    assert rc == 0, result.get("msg") if result else result
+    (vm,) = result["vms"]
+    assert vm["status"] == "success", vm
+    return vm
+
+
 def metadata(root, backup_id):
     return json.loads((Path(root) / backup_id).read_text())
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from backup_checks import backups_of, metadata, remote_disk_hashes
+from backup_checks import backed_up, backups_of, metadata, remote_disk_hashes
 from module_runner import run_module
 from test_backup_retention import live_disks, module_args
 
@@ -19,11 +19,19 @@ MiB = 1 << 20
 
 
 def backup(sim, remote, tmp_path, **extra):
-    rc, result = run_module("backup", module_args(sim, remote, tmp_path, **extra))
-    assert rc == 0, result.get("msg") if result else result
-    (vm,) = result["vms"]
-    assert vm["status"] == "success", vm
-    return vm
+    return backed_up(module_args(sim, remote, tmp_path, **extra))
+
+
+def backups_with_writes(sim, tmp_path, count, **extra):
+    """A remote with ``count`` backups of tiny-01 (retention 5), a guest write on disk 0 before each."""
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    disks = live_disks(sim)
+    ids = []
+    for run in range(count):
+        sim.write(disks["0"], os.urandom(100_000), offset=run * MiB)
+        ids.append(backup(sim, remote, tmp_path, compression="none", retention=5, **extra)["backup_id"])
+    return remote, ids
 
 
 def disk_ref(md, live_uuid):
@@ -99,13 +107,7 @@ def test_retention_refuses_to_delete_the_backup_just_written(tiny, tmp_path):
 
 @pytest.mark.parametrize("mode", ["full", "incremental"])
 def test_a_metadata_read_error_aborts_the_clean_up_and_deletes_nothing(tiny, tmp_path, mode):
-    remote = tmp_path / "remote"
-    remote.mkdir()
-    disks = live_disks(tiny)
-    ids = []
-    for run in range(3):
-        tiny.write(disks["0"], os.urandom(100_000), offset=run * MiB)
-        ids.append(backup(tiny, remote, tmp_path, mode=mode, compression="none", retention=5)["backup_id"])
+    remote, ids = backups_with_writes(tiny, tmp_path, 3, mode=mode)
     vm_uuid = metadata(remote, ids[0])["vm"]["uuid"]
     before = remote_files(remote)
 
@@ -313,13 +315,7 @@ def test_a_merge_stops_when_its_lock_is_taken_over_and_the_next_run_finishes_it(
 @pytest.mark.parametrize("mode", ["full", "incremental"])
 def test_metadata_of_an_unknown_shape_is_never_deleted_by_retention(tiny, tmp_path, mode):
     """Another Xen Orchestra version may write metadata without a key we expect: its backup stays usable."""
-    remote = tmp_path / "remote"
-    remote.mkdir()
-    disks = live_disks(tiny)
-    ids = []
-    for run in range(2):
-        tiny.write(disks["0"], os.urandom(100_000), offset=run * MiB)
-        ids.append(backup(tiny, remote, tmp_path, mode=mode, compression="none", retention=5)["backup_id"])
+    remote, ids = backups_with_writes(tiny, tmp_path, 2, mode=mode)
     odd = remote / ids[1]
     md = metadata(remote, ids[1])
     del md["version"]

@@ -2,7 +2,7 @@
 VHD beside the disks, named after the image), never leaked on the pool, and restored suspended."""
 
 import pytest
-from backup_checks import backups_of, metadata, qemu_img_raw, remote_disk_hashes
+from backup_checks import backed_up, backups_of, metadata, qemu_img_raw, remote_disk_hashes
 from module_runner import run_module
 
 MiB = 1 << 20
@@ -17,11 +17,7 @@ def backup_args(sim, remote, tmp_path, **extra):
 
 
 def backup(sim, remote, tmp_path, **extra):
-    rc, result = run_module("backup", backup_args(sim, remote, tmp_path, **extra))
-    assert rc == 0, result.get("msg") if result else result
-    (vm,) = result["vms"]
-    assert vm["status"] == "success", vm
-    return vm
+    return backed_up(backup_args(sim, remote, tmp_path, **extra))
 
 
 def listed(remote, backup_id, **extra):
