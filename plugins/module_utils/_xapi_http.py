@@ -278,7 +278,7 @@ def _body_socket(response):
 
     Reading such a body through http.client costs three Python calls per TLS record (its buffered
     reader, ``SocketIO.readinto``, then the socket's ``recv_into``): at 16 KiB a record, a full backup
-    spent about 7 % of its time there (tests/bench). ``recv_into`` on the socket itself skips two.
+    spent 3 to 7 % of its time there (tests/bench). ``recv_into`` on the socket itself skips two.
     ``SocketIO._sock`` is private but has been there since Python 3.0; on an interpreter without it, or
     a body with a length or chunks, http.client keeps reading.
     """
